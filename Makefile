@@ -1,0 +1,35 @@
+# The two commands the README starts with: `make demo` and `make test`.
+# Each sets up what it needs on a fresh machine: a .venv with the package and,
+# as root, the Debian packages docker-registry, skopeo and docker.io.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PACKAGES := docker-registry skopeo docker.io
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast packages venv clean
+
+demo: venv packages
+	$(PY) -m gateway demo
+
+test: venv packages
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The suite without the tests that start a real dockerd.
+test-fast: venv packages
+	$(PY) -m pytest -m "not dockerd" $(PYTEST_ARGS)
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+packages:
+	@scripts/ensure-packages $(PACKAGES)
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

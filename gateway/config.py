@@ -1,0 +1,379 @@
+"""The gateway's configuration: defaults, `gateway.toml`, and command-line overrides.
+
+Every value is checked here, once, so that the server never starts with a setting
+it would fail on later. Each error names the key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yarl import URL
+
+from gateway.errors import ConfigError
+
+DEFAULT_LISTEN = "127.0.0.1:5443"
+DEFAULT_UPSTREAM = "http://127.0.0.1:5000"
+
+# The distribution project's nginx recipe uses `proxy_read_timeout 900`.
+DEFAULT_IDLE_TIMEOUT = 900.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_POOL_SIZE = 100
+DEFAULT_DRAIN_TIMEOUT = 30.0
+
+# Names a leaf certificate always covers, so that clients on the gateway host work.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One address the gateway accepts TLS connections on."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return format_host_port(self.host, self.port)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A path prefix sent to an upstream other than the registry (a token service)."""
+
+    prefix: str
+    upstream: URL
+
+
+@dataclass
+class Config:
+    listen: list[Listener] = field(
+        default_factory=lambda: [parse_listen(DEFAULT_LISTEN)]
+    )
+    upstream: URL = field(default_factory=lambda: URL(DEFAULT_UPSTREAM))
+    names: list[str] = field(default_factory=list)
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        default_factory=list
+    )
+    routes: list[Route] = field(default_factory=list)
+    cert: Path | None = None
+    key: Path | None = None
+    certs_dir: Path = Path("certs")
+    client_ca: Path | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    pool_size: int = DEFAULT_POOL_SIZE
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    log_level: str = "info"
+
+    @property
+    def primary_name(self) -> str:
+        """The public name used when the client's Host is not one of ours."""
+        if self.names:
+            return self.names[0]
+        host = self.listen[0].host
+        return host if host not in ("", "0.0.0.0", "::") else "localhost"
+
+    def certificate_names(self) -> list[str]:
+        """Every name and address the generated leaf certificate must cover."""
+        names: list[str] = []
+        for name in [*self.names, *LOOPBACK_NAMES]:
+            if name not in names:
+                names.append(name)
+        for listener in self.listen:
+            if listener.host not in ("", "0.0.0.0", "::") and listener.host not in names:
+                names.append(listener.host)
+        return names
+
+
+def format_host_port(host: str, port: int | None) -> str:
+    """Join a host and port the way a URL authority writes them (`[::1]:5443`)."""
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
+
+
+def parse_listen(value: str) -> Listener:
+    """Parse `HOST:PORT` or `[IPV6]:PORT` into a listener."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(
+                f"Invalid listen address {value!r}: write an IPv6 listener as "
+                "'[::1]:5443'."
+            )
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ConfigError(
+                f"Invalid listen address {value!r}: give HOST:PORT, for example "
+                "'127.0.0.1:5443', or '[::1]:5443' for IPv6."
+            )
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(
+            f"Invalid port in listen address {value!r}: use a number from 0 to 65535."
+        )
+    return Listener(host=host, port=int(port_text))
+
+
+def parse_upstream(value: str, key: str = "upstream") -> URL:
+    """Parse an upstream registry URL: `http://` or `https://`, a host, no path."""
+    try:
+        url = URL(value.strip())
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"Invalid {key} URL {value!r}: {exc}.") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(
+            f"Invalid {key} URL {value!r}: give the registry's address with its "
+            "scheme, for example 'http://127.0.0.1:5000'."
+        )
+    if url.path not in ("", "/") or url.query_string or url.fragment:
+        raise ConfigError(
+            f"Invalid {key} URL {value!r}: give only scheme, host and port; the "
+            "gateway passes every request path through unchanged."
+        )
+    if url.user or url.password:
+        raise ConfigError(
+            f"Invalid {key} URL: it contains credentials; the gateway passes the "
+            "client's own Authorization header to the registry instead."
+        )
+    return url.with_path("")
+
+
+def parse_name(value: str) -> str:
+    """Check a public name: a DNS name or an IP address, without scheme or port."""
+    name = value.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if "://" in name or "/" in name:
+        raise ConfigError(
+            f"Invalid name {value!r}: give only the host name, for example "
+            "'registry.local', without scheme or path."
+        )
+    if ":" in name:
+        raise ConfigError(
+            f"Invalid name {value!r}: give the host name without the port; the "
+            "port comes from the listen address."
+        )
+    labels = name.rstrip(".").split(".")
+    if not name or not all(
+        label and len(label) <= 63 and all(c.isalnum() or c in "-_*" for c in label)
+        for label in labels
+    ):
+        raise ConfigError(
+            f"Invalid name {value!r}: a name is a DNS name such as 'registry.local' "
+            "or an IP address."
+        )
+    return name.rstrip(".")
+
+
+def parse_network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ConfigError(
+            f"Invalid trusted_proxies entry {value!r}: give an address or a CIDR "
+            "such as '10.0.0.0/8'."
+        ) from None
+
+
+def _expect(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str):
+    value = table[key]
+    # bool is an int in Python; a timeout of `true` is a mistake, not 1 second.
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ConfigError(f"Invalid value for {where}{key}: {value!r} is not a number.")
+    if not isinstance(value, kind):
+        names = (
+            " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+        )
+        raise ConfigError(
+            f"Invalid value for {where}{key}: {value!r} is not of type {names}."
+        )
+    return value
+
+
+def _reject_unknown(table: dict[str, Any], known: set[str], where: str, path: Path) -> None:
+    for key in table:
+        if key not in known:
+            raise ConfigError(
+                f"Unknown key {where}{key!r} in {path}: remove it, or use one of "
+                f"{', '.join(sorted(known))}."
+            )
+
+
+def _positive(value: float, key: str) -> float:
+    if value <= 0:
+        raise ConfigError(f"Invalid value for {key}: {value!r}; give a number of seconds above 0.")
+    return float(value)
+
+
+def load(path: Path | None) -> Config:
+    """Build a Config from defaults and, when given, a TOML file."""
+    config = Config()
+    if path is None:
+        return config
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"Config file {str(path)!r} not found: check the path, or leave out "
+            "--config to use the defaults."
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Cannot read config file {str(path)!r}: {exc}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Invalid TOML in {str(path)!r}: {exc}.") from None
+
+    base = path.resolve().parent
+    _apply_top_level(config, data, path, base)
+    return config
+
+
+def _resolve(base: Path, value: str) -> Path:
+    candidate = Path(value).expanduser()
+    return candidate if candidate.is_absolute() else base / candidate
+
+
+def _apply_top_level(config: Config, data: dict[str, Any], path: Path, base: Path) -> None:
+    known = {
+        "listen",
+        "names",
+        "trusted_proxies",
+        "drain_timeout",
+        "log_level",
+        "upstream",
+        "tls",
+        "route",
+    }
+    _reject_unknown(data, known, "", path)
+
+    if "listen" in data:
+        listen = _expect(data, "listen", (list, str), "")
+        items = [listen] if isinstance(listen, str) else listen
+        if not items:
+            raise ConfigError(f"Invalid value for listen in {path}: give at least one HOST:PORT.")
+        config.listen = [parse_listen(str(item)) for item in items]
+    if "names" in data:
+        config.names = [parse_name(str(n)) for n in _expect(data, "names", list, "")]
+    if "trusted_proxies" in data:
+        config.trusted_proxies = [
+            parse_network(str(n)) for n in _expect(data, "trusted_proxies", list, "")
+        ]
+    if "drain_timeout" in data:
+        config.drain_timeout = _positive(
+            _expect(data, "drain_timeout", (int, float), ""), "drain_timeout"
+        )
+    if "log_level" in data:
+        config.log_level = parse_log_level(_expect(data, "log_level", str, ""))
+
+    upstream = data.get("upstream")
+    if isinstance(upstream, str):
+        config.upstream = parse_upstream(upstream)
+    elif isinstance(upstream, dict):
+        _apply_upstream(config, upstream, path)
+    elif upstream is not None:
+        raise ConfigError(
+            f"Invalid value for upstream in {path}: give a URL string or an "
+            "[upstream] table with url = \"http://HOST:PORT\"."
+        )
+
+    if "tls" in data:
+        tls = _expect(data, "tls", dict, "")
+        _apply_tls(config, tls, path, base)
+
+    if "route" in data:
+        routes = _expect(data, "route", list, "")
+        config.routes = [_parse_route(route, path) for route in routes]
+
+
+def _apply_upstream(config: Config, table: dict[str, Any], path: Path) -> None:
+    _reject_unknown(
+        table, {"url", "connect_timeout", "idle_timeout", "pool_size"}, "upstream.", path
+    )
+    if "url" in table:
+        config.upstream = parse_upstream(_expect(table, "url", str, "upstream."))
+    if "connect_timeout" in table:
+        config.connect_timeout = _positive(
+            _expect(table, "connect_timeout", (int, float), "upstream."),
+            "upstream.connect_timeout",
+        )
+    if "idle_timeout" in table:
+        config.idle_timeout = _positive(
+            _expect(table, "idle_timeout", (int, float), "upstream."),
+            "upstream.idle_timeout",
+        )
+    if "pool_size" in table:
+        size = _expect(table, "pool_size", int, "upstream.")
+        if size < 1:
+            raise ConfigError(
+                f"Invalid value for upstream.pool_size: {size}; give at least 1."
+            )
+        config.pool_size = size
+
+
+def _apply_tls(config: Config, table: dict[str, Any], path: Path, base: Path) -> None:
+    _reject_unknown(table, {"cert", "key", "certs_dir", "client_ca"}, "tls.", path)
+    if table.get("cert"):
+        config.cert = _resolve(base, _expect(table, "cert", str, "tls."))
+    if table.get("key"):
+        config.key = _resolve(base, _expect(table, "key", str, "tls."))
+    if "certs_dir" in table:
+        config.certs_dir = _resolve(base, _expect(table, "certs_dir", str, "tls."))
+    if table.get("client_ca"):
+        config.client_ca = _resolve(base, _expect(table, "client_ca", str, "tls."))
+
+
+def _parse_route(table: Any, path: Path) -> Route:
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"Invalid [[route]] in {path}: each route is a table with prefix and upstream."
+        )
+    _reject_unknown(table, {"prefix", "upstream"}, "route.", path)
+    if "prefix" not in table or "upstream" not in table:
+        raise ConfigError(
+            f"Invalid [[route]] in {path}: both prefix = \"/auth\" and "
+            "upstream = \"http://HOST:PORT\" are required."
+        )
+    prefix = _expect(table, "prefix", str, "route.")
+    if not prefix.startswith("/") or prefix.startswith("/v2"):
+        raise ConfigError(
+            f"Invalid route prefix {prefix!r}: it must start with '/' and must not "
+            "take over the registry API under /v2/."
+        )
+    return Route(prefix=prefix, upstream=parse_upstream(table["upstream"], "route.upstream"))
+
+
+def parse_log_level(value: str) -> str:
+    level = value.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(
+            f"Invalid log_level {value!r}: use one of {', '.join(LOG_LEVELS)}."
+        )
+    return level
+
+
+def validate(config: Config) -> None:
+    """Check the combination of values, after command-line overrides."""
+    if (config.cert is None) != (config.key is None):
+        raise ConfigError(
+            "A certificate needs its key: give both --cert FILE and --key FILE "
+            "(tls.cert and tls.key), or neither to use a generated certificate."
+        )
+    upstream_origin = (config.upstream.host, config.upstream.port)
+    for listener in config.listen:
+        if (listener.host, listener.port) == upstream_origin:
+            raise ConfigError(
+                f"The listen address {listener} is the upstream's own address: "
+                "the gateway would forward to itself. Give the registry's address "
+                "with --upstream."
+            )

@@ -1,0 +1,173 @@
+"""`registry-gateway serve`: build the configuration, prepare TLS, run until a signal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from gateway import certs
+from gateway.cli import setup_logging
+from gateway.config import (
+    Config,
+    load,
+    parse_listen,
+    parse_log_level,
+    parse_name,
+    parse_upstream,
+    validate,
+)
+from gateway.errors import CertificateError
+from gateway.server import Gateway, make_ssl_context
+
+log = logging.getLogger("gateway.server")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="terminate HTTPS in front of a plain-HTTP registry",
+        description=(
+            "Serve HTTPS on the listen addresses and forward every request to the "
+            "upstream registry. Command-line options override the config file."
+        ),
+    )
+    parser.add_argument("--config", type=Path, help="TOML config file (see gateway.toml)")
+    parser.add_argument(
+        "--listen", action="append", metavar="HOST:PORT",
+        help="address to accept HTTPS on; repeat for more; IPv6 as [::1]:5443 "
+        "(default 127.0.0.1:5443)",
+    )
+    parser.add_argument(
+        "--upstream", metavar="URL", help="the registry, e.g. http://127.0.0.1:5000"
+    )
+    parser.add_argument(
+        "--name", action="append", metavar="NAME",
+        help="public name or address clients use; repeat for more; the first is primary",
+    )
+    parser.add_argument("--cert", type=Path, metavar="FILE", help="PEM certificate chain to serve")
+    parser.add_argument("--key", type=Path, metavar="FILE", help="PEM private key of --cert")
+    parser.add_argument(
+        "--certs-dir", type=Path, metavar="DIR",
+        help="where the generated CA and leaf live when --cert is not given (default certs/)",
+    )
+    parser.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error")
+    parser.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    config = load(args.config)
+    if args.listen:
+        config.listen = [parse_listen(value) for value in args.listen]
+    if args.upstream:
+        config.upstream = parse_upstream(args.upstream)
+    if args.name:
+        config.names = [parse_name(value) for value in args.name]
+    if args.cert:
+        config.cert = args.cert
+    if args.key:
+        config.key = args.key
+    if args.certs_dir:
+        config.certs_dir = args.certs_dir
+    if args.log_level:
+        config.log_level = parse_log_level(args.log_level)
+    validate(config)
+    return config
+
+
+def prepare_tls(config: Config) -> tuple[Path, Path, Path | None]:
+    """Return the certificate, key and CA files, creating a local CA and leaf if needed."""
+    if config.cert is not None and config.key is not None:
+        check_user_certificate(config)
+        return config.cert, config.key, None
+
+    pair = certs.ensure_serving_pair(config.certs_dir, config.certificate_names())
+    if pair.created_ca:
+        print(f"Created a local CA: {pair.ca_path}")
+    if pair.created_leaf:
+        print(f"Issued the gateway certificate {pair.cert_path} for {', '.join(config.certificate_names())}")
+    return pair.cert_path, pair.key_path, pair.ca_path
+
+
+def check_user_certificate(config: Config) -> None:
+    """Warn about certificate faults that Go clients reject, before serving it."""
+    assert config.cert is not None and config.key is not None
+    chain = certs.load_certs(config.cert)
+    key = certs.load_key(config.key)
+    leaf = chain[0]
+    if not certs.key_matches(leaf, key):
+        raise CertificateError(
+            f"The key {str(config.key)!r} does not match the certificate "
+            f"{str(config.cert)!r}: give the key that was created with this certificate."
+        )
+    dns_names, addresses = certs.san_names(leaf)
+    if not dns_names and not addresses:
+        log.warning(
+            "The certificate %s has no subjectAltName: Go clients (docker, containerd, "
+            "podman) reject it with \"x509: certificate relies on legacy Common Name "
+            "field, use SANs instead\". Issue one with names, for example "
+            "registry-gateway certs issue %s",
+            config.cert,
+            " ".join(config.names) or "NAME",
+        )
+    for name in config.names:
+        if not certs.name_covered(leaf, name):
+            log.warning(
+                "The certificate %s does not cover the configured name %s; clients using "
+                "that name will fail with a name mismatch.",
+                config.cert,
+                name,
+            )
+    if leaf.issuer != leaf.subject and len(chain) == 1:
+        log.warning(
+            "The certificate file %s holds the leaf without its intermediate: clients "
+            "that trust only the root fail with \"x509: certificate signed by unknown "
+            "authority\". Append the intermediate certificate to the file.",
+            config.cert,
+        )
+
+
+def print_trust_hint(config: Config, ca_path: Path | None, addresses: list[str]) -> None:
+    if ca_path is None:
+        return
+    port = addresses[0].rsplit(":", 1)[1] if addresses else str(config.listen[0].port)
+    host = config.primary_name
+    shown = f"[{host}]" if ":" in host else host
+    print(f"Clients must trust the CA {ca_path}.")
+    print(f"  Docker:   copy it to /etc/docker/certs.d/{shown}:{port}/ca.crt")
+    print(f"  podman:   copy it to /etc/containers/certs.d/{shown}:{port}/ca.crt")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = build_config(args)
+    setup_logging(config.log_level)
+    cert, key, ca_path = prepare_tls(config)
+    context = make_ssl_context(cert, key, config.client_ca)
+    if sys.platform == "win32":  # pragma: no cover - the peek on accept needs a selector loop.
+        asyncio.set_event_loop_policy(asyncio.WindowsSelectorEventLoopPolicy())
+    return asyncio.run(serve_forever(config, context, ca_path))
+
+
+async def serve_forever(config: Config, context, ca_path: Path | None) -> int:
+    gateway = Gateway(config, context)
+    await gateway.start()
+    print_trust_hint(config, ca_path, gateway.addresses)
+    for address in gateway.addresses:
+        print(f"Listening on https://{address} -> {config.upstream}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if sys.platform != "win32":
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    except asyncio.CancelledError:  # pragma: no cover - Ctrl-C on Windows arrives this way.
+        pass
+    log.info("Stopping: no new connections; waiting up to %.0f s for transfers", config.drain_timeout)
+    await gateway.stop()
+    log.info("Stopped")
+    return 0
