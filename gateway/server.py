@@ -280,6 +280,10 @@ class Gateway:
                 self.proxy.in_flight,
             )
         if self._server is not None:
+            # close() ends idle keep-alive connections at once and busy ones after
+            # their current request; shutdown() then waits for those briefly.
+            for handler in self._server.connections:
+                handler.close()
             await self._server.shutdown(timeout=1.0)
         for task in list(self._connections):
             task.cancel()
