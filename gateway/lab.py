@@ -226,6 +226,7 @@ class GatewayProcess:
                 self.process.kill()
                 self.process.wait()
         self.output = self.read_output()
+        self._out.close()
         return self.process.returncode
 
 
