@@ -34,7 +34,7 @@ def classify_parse_error(exc: BaseException | None) -> tuple[int, str]:
     """Map an aiohttp parse error to the HTTP status and registry error code to send."""
     if isinstance(exc, LineTooLong):
         line = exc.args[0] if exc.args else b""
-        line = line if isinstance(line, bytes) else str(line).encode()
+        line = bytes(line) if isinstance(line, (bytes, bytearray)) else str(line).encode()
         # The parser raises LineTooLong for the request target and for header
         # fields alike; a target starts with "/" (origin form) or a scheme.
         if line.startswith((b"/", b"http://", b"https://", b"*")):

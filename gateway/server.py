@@ -37,6 +37,7 @@ HANDSHAKE_TIMEOUT = 10.0
 PLAIN_HEAD_LIMIT = 16 * 1024
 BACKLOG = 1024
 KEEPALIVE_TIMEOUT = 75.0
+LINGERING_TIME = 2.0
 
 # Mozilla's "intermediate" TLS 1.2 cipher list (server-side TLS guidelines, v5.7);
 # TLS 1.3 suites are fixed by OpenSSL and all acceptable.
@@ -183,6 +184,9 @@ class Gateway:
             max_field_size=self.config.max_header_size,
             max_headers=self.config.max_headers,
             header_timeout=self.config.header_timeout,
+            # After an early answer (408, 400, 503) aiohttp reads on to the end of
+            # the body before closing; a stalled client is not worth 10 s of that.
+            lingering_time=LINGERING_TIME,
         )
         self._server = GatewayServer(self.proxy.handle, **limits)
         self._overload_server = GatewayServer(self._refuse_overload, **limits)
