@@ -273,6 +273,7 @@ class Proxy:
         headers = self._upstream_headers(request, authority, peer)
         body = None
         if request.body_exists:
+            widen_tls_reads(request)
             body = RequestBody(request.content, counters, self.config.client_idle_timeout)
             # Wait for the first body bytes before opening the upstream request, so
             # a body that is malformed or stalled from its start reaches nothing.
@@ -386,6 +387,20 @@ class Proxy:
             f"the gateway's upstream registry {what}" if status == 502 else "the upstream registry timed out"
         )
         return registry_error(status, code, message, {"upstream": url, "error": reason})
+
+
+# asyncio's own default read size for TLS connections; the listener starts each
+# connection smaller (see server.TLS_READ_BUFFER) and a request with a body gets this.
+UPLOAD_TLS_READ = 256 * 1024
+
+
+def widen_tls_reads(request: web.BaseRequest) -> None:
+    """Let this connection read 256 KiB of TLS data at a time, for an upload."""
+    # NOTE: _ssl_protocol is a private attribute of asyncio's SSL transport
+    # (CPython 3.11-3.13); without it the upload only reads in smaller steps.
+    ssl_protocol = getattr(request.transport, "_ssl_protocol", None)
+    if ssl_protocol is not None and getattr(ssl_protocol, "max_size", UPLOAD_TLS_READ) < UPLOAD_TLS_READ:
+        ssl_protocol.max_size = UPLOAD_TLS_READ
 
 
 def _abort(request: web.BaseRequest) -> None:
