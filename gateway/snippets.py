@@ -155,10 +155,14 @@ def parse_registry(value: str, allow_cidr: bool = False) -> tuple[Registry, list
             "without a scheme."
         )
 
-    if allow_cidr:
-        network = _parse_cidr(text)
-        if network is not None:
+    network = _parse_cidr(text)
+    if network is not None:
+        if allow_cidr:
             return Registry(network=network, text=text), notes
+        raise GatewayError(
+            f"The registry {value!r} is an address range, but only dockerd matches "
+            "registries by range: give the registry as HOST:PORT."
+        )
 
     if "/" in text:
         text, _, path = text.partition("/")
