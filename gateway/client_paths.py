@@ -26,7 +26,7 @@ class ClientPaths:
 
     `config` is the file a snippet merges into; it is None where the client
     keeps its settings behind a user interface (Docker Desktop), and
-    `config_location` then says where to paste them. `certs_dir` is the root of
+    `config_location` then names where to paste them. `certs_dir` is the root of
     the per-registry CA folders, or None where the client has none.
     """
 

@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "registry", metavar="HOST[:PORT]",
         help="the registry exactly as in the image reference, e.g. registry.example:5000",
     )
+
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--ca", type=Path, metavar="FILE",
@@ -44,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--insecure", action="store_true",
         help="allow plain HTTP or unverified TLS for the registry",
     )
+
     parser.add_argument(
         "--platform", choices=PLATFORMS, default="linux",
         help="where the client runs; sets the default file paths (default linux)",
@@ -57,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--write", action="store_true",
         help="write the result in place, after a timestamped backup",
     )
+
     parser.add_argument(
         "--repair", action="store_true",
         help="docker: repair a daemon.json that is not valid JSON (trailing commas, "
@@ -74,9 +77,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--containerd-config", type=Path, metavar="FILE",
         help="containerd: read this config.toml to check config_path and its version",
     )
+
     parser.add_argument(
         "--json", action="store_true", help="print the files and commands as JSON"
     )
+
     parser.set_defaults(func=run)
 
 

@@ -47,7 +47,8 @@ def build(request: Request) -> Result:
         config_output, configured = _merge_config_path(request, certs_dir, result)
         if configured is not None and request.merge is None:
             certs_dir = configured
-    folder = certs_dir / registry.name
+    # A hosts.toml given with --merge takes its CA beside it, where ca points.
+    folder = request.merge.parent if request.merge else certs_dir / registry.name
     hosts_path = request.merge or folder / "hosts.toml"
 
     url = _url(registry, request.insecure)

@@ -1,7 +1,6 @@
 """Docker: the `insecure-registries` merge into daemon.json, or a certs.d CA.
 
-dockerd's rules, checked against dockerd 20.10 and moby's registry config code:
-the key is `insecure-registries` (plural, a list of strings); an entry is the
+dockerd's rules, as observed with Debian's dockerd 20.10.24: the key is `insecure-registries` (plural, a list of strings); an entry is the
 registry's `host[:port]` as written in the image reference, or a CIDR; the match
 is exact, so a missing or wrong port silently does nothing; a trailing slash, a
 wildcard, a string instead of a list or broken JSON stop dockerd from starting;

@@ -107,7 +107,7 @@ class Result:
 
 @dataclass
 class Request:
-    """What the user asked for, after argument parsing."""
+    """The user's request, after argument parsing."""
 
     client: str
     registry: Registry
@@ -130,7 +130,7 @@ class Request:
 def parse_registry(value: str, allow_cidr: bool = False) -> tuple[Registry, list[str]]:
     """Normalise a `host[:port]` (or, with `allow_cidr`, a CIDR) and return it with notes.
 
-    The rules follow dockerd's `loadInsecureRegistries`: an `http://` or
+    The rules follow dockerd's handling of insecure-registries: an `http://` or
     `https://` prefix is removed, any other scheme is invalid, and an entry
     must be a CIDR or `host[:port]`. A path is removed here (dockerd would
     refuse to start on it), and the host is lowercased because clients match
@@ -337,7 +337,7 @@ def line_column(prefix: str) -> tuple[int, int]:
 
 
 def check_writable(path: Path) -> None:
-    """Raise before any backup when `path` exists but its mode says it is read-only.
+    """Raise before any backup when `path` exists and its mode is read-only.
 
     The atomic write renames a new file over the old one, which only needs
     write access to the folder, so a read-only mode would be silently ignored

@@ -50,8 +50,20 @@ def test_ca_hosts_toml(capsys, tmp_path, ca_file):
     parsed = tomllib.loads(out)
     assert parsed["server"] == "https://registry.example:5000"
     entry = parsed["host"]["https://registry.example:5000"]
+    assert entry["ca"] == str(merge_dir / "ca.crt")
+    assert f"copy {ca_file} to {merge_dir / 'ca.crt'}" in err
+
+    status, out, err = snippet(capsys, "--ca", ca_file, "--merge", hosts, "--write")
+    assert status == 0
+    assert hosts.read_text() == out
+    assert (merge_dir / "ca.crt").read_bytes() == ca_file.read_bytes()
+
+
+def test_ca_default_path(capsys, ca_file):
+    status, out, err = snippet(capsys, "--ca", ca_file)
+    assert status == 0
+    entry = tomllib.loads(out)["host"]["https://registry.example:5000"]
     assert entry["ca"] == f"/etc/containerd/certs.d/{HOST}/ca.crt"
-    assert f"copy {ca_file} to /etc/containerd/certs.d/{HOST}/ca.crt" in err
 
 
 def test_merge_keeps_other_hosts(capsys, tmp_path):
