@@ -1,10 +1,12 @@
 """Docker: the `insecure-registries` merge into daemon.json, or a certs.d CA.
 
-dockerd's rules, as observed with Debian's dockerd 20.10.24: the key is `insecure-registries` (plural, a list of strings); an entry is the
-registry's `host[:port]` as written in the image reference, or a CIDR; the match
-is exact, so a missing or wrong port silently does nothing; a trailing slash, a
-wildcard, a string instead of a list or broken JSON stop dockerd from starting;
-127.0.0.0/8 and ::1/128 are always insecure; SIGHUP reloads the list.
+dockerd's rules, as observed with Debian's dockerd 20.10.24: the key is
+`insecure-registries`, plural, and its value is a list of strings. An entry is
+the registry's `host[:port]` as written in the image reference, or a CIDR. The
+match is exact, so a missing or wrong port silently does nothing. A trailing
+slash, a wildcard, a string instead of a list or broken JSON stop dockerd from
+starting. 127.0.0.0/8 and ::1/128 are always insecure, and SIGHUP reloads the
+list.
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ def test_path_removal_is_noted(capsys, tmp_path):
 
 
 def test_portless_entry_warns_about_image(capsys, tmp_path):
-    """An entry without the image's port does not match it, so the tool says so."""
+    """An entry without the image's port does not match it, which is warned."""
     status, out, err = merge(
         capsys, tmp_path / "d.json", "HTTPS://Registry.Example", "--image",
         "registry.example:5000/app:1",

@@ -123,7 +123,7 @@ def test_v1_write_needs_convert(capsys, tmp_path):
 
 
 def test_v1_main_file_warned_for_drop_in(capsys, tmp_path):
-    """Writing a drop-in next to a v1 main file says how to convert that file."""
+    """A drop-in next to a v1 main file prints the command that converts it."""
     (tmp_path / "registries.conf").write_text(V1_PURE)
     drop_in = tmp_path / "registries.conf.d" / "50-registry-gateway.conf"
     status, out, err = snippet(capsys, "--insecure", "--merge", drop_in, "--write")
