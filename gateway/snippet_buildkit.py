@@ -84,7 +84,7 @@ def _merge(source: SourceFile, name: str, ca_file: str | None, result: Result) -
 
     if ca_file is None:
         entry["http"] = True
-        return snippet_toml.dumps(document)
+        return snippet_toml.dumps(document, source.text)
 
     cas = entry.get("ca")
     if cas is None:
@@ -98,7 +98,7 @@ def _merge(source: SourceFile, name: str, ca_file: str | None, result: Result) -
             f"{source.path}: [registry.\"{name}\"] also has http = true, so BuildKit "
             "keeps using plain HTTP and never reads the CA: remove that line."
         )
-    return snippet_toml.dumps(document)
+    return snippet_toml.dumps(document, source.text)
 
 
 def _steps(request: Request, result: Result, target) -> None:

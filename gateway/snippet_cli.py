@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gateway.client_paths import CLIENTS, PLATFORMS
 from gateway.errors import GatewayError
-from gateway.snippets import Request, Result, parse_registry, write_all
+from gateway.snippets import Request, Result, image_registry, parse_registry, write_all
 
 MODULES = {client: f"gateway.snippet_{client}" for client in CLIENTS}
 
@@ -123,7 +123,19 @@ def build(request: Request) -> Result:
         result.note(note)
     built = module.build(request)
     built.messages[:0] = result.messages
+    if request.image:
+        _check_image(request, built)
     return built
+
+
+def _check_image(request: Request, result: Result) -> None:
+    used = image_registry(request.image)
+    if used != request.registry.name:
+        result.warn(
+            f"The image {request.image!r} is on {used!r}, but the entry is "
+            f"{request.registry.name!r}: clients match host and port exactly, so give "
+            f"{used} as the registry."
+        )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -148,7 +148,7 @@ def _merge_hosts(source, url: str, ca_path, result: Result) -> str:
                 f"another scheme, and containerd tries hosts in order before server: "
                 "remove it unless it is a mirror you want first."
             )
-    return snippet_toml.dumps(document)
+    return snippet_toml.dumps(document, source.text)
 
 
 def _merge_config_path(request: Request, certs_dir, result: Result):
@@ -182,7 +182,7 @@ def _merge_config_path(request: Request, certs_dir, result: Result):
         )
         return None, None
     section["config_path"] = str(certs_dir)
-    content = snippet_toml.dumps(document)
+    content = snippet_toml.dumps(document, source.text)
     result.note(
         f"{path} has no config_path, so CRI ignores hosts.toml; the merged {path} "
         f"sets it ({release}). containerd must be restarted for this change."

@@ -27,11 +27,11 @@ from gateway.snippets import (
     SourceFile,
     ca_output,
     default_merge_path,
-    image_registry,
     is_loopback,
     os_sep_path,
     parse_registry,
     read_source,
+    require_native_paths,
 )
 
 KEY = "insecure-registries"
@@ -298,6 +298,8 @@ def _build_ca(request: Request, result: Result, source: SourceFile | None) -> No
         )
         return
 
+    if request.write:
+        require_native_paths(request, "certs.d")
     folder = registry_folder_name(registry.name, request.platform)
     shown = os_sep_path(request.platform, paths.certs_dir, folder, "ca.crt")
     target = paths.certs_path() / folder / "ca.crt" if request.write else None
@@ -333,15 +335,7 @@ def _warn_if_listed_insecure(source: SourceFile, registry: Registry, result: Res
 
 def _check_image(request: Request, result: Result) -> None:
     registry = request.registry
-    if request.image:
-        used = image_registry(request.image)
-        if used != registry.name:
-            result.warn(
-                f"The image {request.image!r} is on {used!r}, but the entry is "
-                f"{registry.name!r}: clients match host and port exactly, so give "
-                f"{used} as the registry."
-            )
-    elif registry.network is None and registry.port is None:
+    if not request.image and registry.network is None and registry.port is None:
         result.warn(
             f"{registry.name!r} has no port, so it matches only image references "
             f"written without one (port 443); for registry.example:5000/app give "

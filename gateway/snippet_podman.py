@@ -83,7 +83,7 @@ def _build_insecure(request: Request, result: Result, target: Path, merging: boo
     result.files.append(
         OutputFile(
             path=str(target),
-            content=snippet_toml.dumps(document),
+            content=snippet_toml.dumps(document, original or ""),
             target=target if request.write else None,
             original=original,
         )

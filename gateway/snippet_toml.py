@@ -65,5 +65,9 @@ def type_error(source: SourceFile, key: str, expected: str, example: str) -> Gat
     )
 
 
-def dumps(document: TOMLDocument) -> str:
-    return tomlkit.dumps(document)
+def dumps(document: TOMLDocument, original: str = "") -> str:
+    """Serialise `document`, ending a changed file with a newline."""
+    text = tomlkit.dumps(document)
+    if text == original or not text or text.endswith("\n"):
+        return text
+    return text + "\n"

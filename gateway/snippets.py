@@ -435,6 +435,7 @@ def default_merge_path(request: Request, default: Path | None, what: str) -> Pat
     if request.merge is not None:
         return request.merge
     if request.merge_requested or request.write:
+        require_native_paths(request, what)
         if default is None:
             raise GatewayError(
                 f"There is no {what} file to write on --platform {request.platform}: "
@@ -443,6 +444,19 @@ def default_merge_path(request: Request, default: Path | None, what: str) -> Pat
             )
         return default
     return None
+
+
+def require_native_paths(request: Request, what: str) -> None:
+    """Raise when the platform's default paths cannot be used on this machine.
+
+    A Windows path such as C:\\ProgramData\\... is a relative file name on Linux,
+    so reading or writing it here would touch the wrong file.
+    """
+    if request.platform == "windows" and os.name != "nt":
+        raise GatewayError(
+            f"The Windows {what} path can be read or written only on Windows: run the "
+            "command there, or give a copy of the file with --merge FILE."
+        )
 
 
 def os_sep_path(platform: str, *parts: str) -> str:

@@ -151,3 +151,23 @@ def test_unknown_client_is_usage_error(capsys):
     with pytest.raises(SystemExit) as raised:
         run_snippet(capsys, "nerdctl", HOST, "--insecure")
     assert raised.value.code == 2
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_image_on_other_registry_warned(capsys, client):
+    """The entry must equal the image's registry, port included, for every client."""
+    status, out, err = run_snippet(
+        capsys, client, "registry.example", "--insecure", "--image", "registry.example:5000/app:1"
+    )
+    assert status == 0
+    assert "is on 'registry.example:5000', but the entry is 'registry.example'" in err
+
+
+@pytest.mark.parametrize("client", ["containerd", "podman", "buildkit"])
+def test_merged_toml_ends_with_newline(capsys, tmp_path, client):
+    path = tmp_path / "config"
+    path.write_text('a = 1')
+    status, out, err = run_snippet(capsys, client, HOST, "--insecure", "--merge", path)
+    assert status == 0
+    assert out.endswith("\n")
+    assert not out.endswith("\n\n\n")

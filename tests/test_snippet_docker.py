@@ -522,3 +522,15 @@ def test_module_entry_point(tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout) == {"debug": True, KEY: ["registry.example:5000"]}
     assert "Traceback" not in completed.stderr
+
+
+def test_windows_default_path_needs_windows(capsys, tmp_path, monkeypatch):
+    """C:\\ paths are relative names on Linux, so they are never read or written here."""
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run_snippet(
+        capsys, "docker", "registry.example:5000", "--insecure", "--platform", "windows",
+        "--write",
+    )
+    assert status == 1
+    assert "only on Windows" in err
+    assert list(tmp_path.iterdir()) == []
