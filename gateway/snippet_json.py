@@ -43,6 +43,11 @@ class JsonObject:
         found = [member for member in self.members if member.key == key]
         return found[-1] if found else None
 
+    @property
+    def newline(self) -> str:
+        """Return the file's line ending, so added lines match (Windows editors write CRLF)."""
+        return "\r\n" if "\r\n" in self.text else "\n"
+
     def is_multiline(self) -> bool:
         return "\n" in self.text[self.start : self.end]
 
@@ -131,8 +136,9 @@ def format_list(values: list[str], document: JsonObject, old: Member | None) -> 
     inner = text[inner_start:first] if inner_start > old.value_start else outer + "  "
     if not values:
         return "[]"
-    items = (",\n").join(inner + json.dumps(value) for value in values)
-    return "[\n" + items + "\n" + outer + "]"
+    newline = document.newline
+    items = ("," + newline).join(inner + json.dumps(value) for value in values)
+    return "[" + newline + items + newline + outer + "]"
 
 
 def replace_value(document: JsonObject, member: Member, new_text: str) -> JsonObject:
@@ -170,11 +176,12 @@ def add_member(document: JsonObject, key: str, value_text: str) -> JsonObject:
     text = document.text
     member_text = json.dumps(key) + ": " + value_text
     if not document.members:
-        new_object = "{\n  " + member_text + "\n}"
+        newline = document.newline
+        new_object = "{" + newline + "  " + member_text + newline + "}"
         return _rescan(text[: document.start] + new_object + text[document.end :], document)
     last = document.members[-1]
     if document.is_multiline():
-        insert = ",\n" + document.indent() + member_text
+        insert = "," + document.newline + document.indent() + member_text
     else:
         insert = ", " + member_text
     return _rescan(text[: last.value_end] + insert + text[last.value_end :], document)

@@ -31,6 +31,11 @@ def build(request: Request) -> Result:
     paths = client_paths("podman", request.platform)
     main_file = paths.config_path()
     drop_in = main_file.parent / "registries.conf.d" / DROP_IN
+    if request.platform in ("windows", "desktop") and request.write and request.merge is None:
+        raise GatewayError(
+            "Podman Machine reads its registry files inside the VM, not on this host: "
+            "run the command inside it (podman machine ssh), or leave out --write."
+        )
 
     if request.ca is not None:
         _build_ca(request, result, paths)

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from gateway import cli
+
 from tests.snippet_helpers import ca_file, digest, run_snippet  # noqa: F401
 
 KEY = "insecure-registries"
@@ -534,3 +536,27 @@ def test_windows_default_path_needs_windows(capsys, tmp_path, monkeypatch):
     assert status == 1
     assert "only on Windows" in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [
+        (
+            '{\r\n  "debug": true\r\n}\r\n',
+            '{\r\n  "debug": true,\r\n  "insecure-registries": ["registry.example:5000"]\r\n}\r\n',
+        ),
+        (
+            '{\r\n  "insecure-registries": [\r\n    "a.example:1"\r\n  ]\r\n}',
+            '{\r\n  "insecure-registries": [\r\n    "a.example:1",\r\n    "registry.example:5000"\r\n  ]\r\n}',
+        ),
+    ],
+)
+def test_crlf_line_endings_kept(tmp_path, before, after):
+    """A daemon.json saved with CRLF gets CRLF on the added lines too."""
+    path = tmp_path / "daemon.json"
+    path.write_bytes(before.encode())
+    status = cli.main(
+        ["snippet", "docker", "registry.example:5000", "--insecure", "--merge", str(path), "--write"]
+    )
+    assert status == 0
+    assert path.read_bytes() == after.encode()

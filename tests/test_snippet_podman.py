@@ -215,3 +215,10 @@ def test_skopeo_reads_converted_v1(capsys, tmp_path, registry, monkeypatch):
     assert "sysregistry" not in after.stderr
     assert FAMOUS not in after.stderr
     assert "manifest unknown" in after.stderr
+
+
+def test_machine_write_rejected(capsys):
+    """On macOS and Windows the files live in the Podman Machine VM, never on the host."""
+    status, out, err = snippet(capsys, "--insecure", "--platform", "desktop", "--write")
+    assert status == 1
+    assert "podman machine ssh" in err
