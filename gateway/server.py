@@ -100,7 +100,11 @@ def make_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> ss
             raise CertificateError(
                 f"Cannot load the client CA file {str(client_ca)!r}: {exc}."
             ) from None
-        context.verify_mode = ssl.CERT_REQUIRED
+        # CERT_OPTIONAL still rejects a certificate that does not verify, in the
+        # handshake; a client that sends none is answered at the HTTP level
+        # (proxy.Proxy), because asyncio drops the TLS alert and Go clients would
+        # print only "EOF" instead of why.
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context
 
 
@@ -170,6 +174,7 @@ class Gateway:
         self._server: web.Server | None = None
         self._connections: set[asyncio.Task] = set()
         self._stopping = False
+        self.handshake_failures = 0
 
     @property
     def addresses(self) -> list[str]:
@@ -240,10 +245,30 @@ class Gateway:
                     factory, conn, ssl=self.ssl_context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
                 )
             except (OSError, ssl.SSLError, TimeoutError) as exc:
-                log.debug("TLS handshake failed: %s", exc)
-                conn.close()
+                self._handshake_failed(conn, exc)
             return
         await self._answer_plain_http(loop, conn)
+
+    def _handshake_failed(self, conn: socket.socket, exc: BaseException) -> None:
+        try:
+            peer = conn.getpeername()[0]
+        except OSError:
+            peer = "-"
+        conn.close()
+        if self.config.client_ca is None:
+            log.debug("TLS handshake from %s failed: %s", peer, exc)
+            return
+        # With mTLS on, a failed handshake is usually a client without a valid
+        # certificate: worth a warning, as a failed password would be.
+        self.handshake_failures += 1
+        overload_log.warning(
+            "mtls-failed",
+            "TLS handshake from %s failed (client certificate required by tls.client_ca): "
+            "%s (%d failures since start)",
+            peer,
+            getattr(exc, "reason", None) or exc or type(exc).__name__,
+            self.handshake_failures,
+        )
 
     @property
     def open_connections(self) -> int:
