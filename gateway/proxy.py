@@ -90,6 +90,16 @@ def connection_tokens(headers) -> set[str]:
     return tokens
 
 
+SECRET_HEADERS = frozenset(("authorization", "proxy-authorization", "cookie", "x-registry-auth"))
+
+
+def redacted_headers(headers) -> str:
+    """Render headers for a debug line with every credential value replaced by `***`."""
+    return ", ".join(
+        f"{name}: {'***' if name.lower() in SECRET_HEADERS else value}" for name, value in headers.items()
+    )
+
+
 def loggable_path(raw_path: str) -> str:
     """Return the path with secret-looking query values replaced by `***`."""
     path, sep, query = raw_path.partition("?")
@@ -290,6 +300,12 @@ class Proxy:
         peer = request.remote
         url = self._upstream_url(raw_path)
         headers = self._upstream_headers(request, authority, peer)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "Forwarding %s %s to %s (request id %s) with headers %s",
+                request.method, loggable_path(raw_path), url.split("/v2/")[0], request_id,
+                redacted_headers(headers),
+            )
         body = None
         if request.body_exists:
             widen_tls_reads(request)
