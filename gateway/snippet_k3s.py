@@ -10,9 +10,12 @@ quotes and key order through the merge.
 
 from __future__ import annotations
 
+
 import io
+import warnings
 
 import ruamel.yaml
+import ruamel.yaml.error
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
@@ -93,8 +96,12 @@ def _guess_indent(text: str) -> tuple[int, int]:
 
 def _load(yaml: ruamel.yaml.YAML, source: SourceFile):
     try:
-        document = yaml.load(source.text)
-    except ruamel.yaml.YAMLError as exc:
+        # ruamel.yaml only warns about some faults (a reused anchor); k3s's Go
+        # parser may read them differently, so they are errors here too.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ruamel.yaml.error.YAMLWarning)
+            document = yaml.load(source.text)
+    except (ruamel.yaml.YAMLError, ruamel.yaml.error.YAMLWarning) as exc:
         mark = getattr(exc, "problem_mark", None)
         line, column = (mark.line + 1, mark.column + 1) if mark else ("?", "?")
         reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
