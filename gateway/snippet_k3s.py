@@ -10,7 +10,6 @@ quotes and key order through the merge.
 
 from __future__ import annotations
 
-
 import io
 import warnings
 
