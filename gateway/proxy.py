@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config import Config, format_host_port
+from gateway import status
 from gateway.auth import REALM as AUTH_REALM
 from gateway.auth import BasicAuth
 from gateway.logs import RateLimitedLog
@@ -133,6 +134,7 @@ class Proxy:
         )
         self.auth = BasicAuth.from_file(config.htpasswd) if config.htpasswd else None
         self.client_certificate_failures = 0
+        self.trust: status.TrustInfo | None = None
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -289,6 +291,10 @@ class Proxy:
                 {"target": raw_path[:200]},
             )
         assert self._session is not None, "Proxy.start() must run before requests"
+        if raw_path.startswith(status.PREFIX):
+            return await status.handle(
+                request, self.public_authority(request), self.trust, self._session, self._registry_base
+            )
         if self.config.client_ca is not None and not _peer_certificate(request):
             return self._no_client_certificate(request)
         if self.auth is not None:

@@ -22,6 +22,7 @@ from gateway.config import (
 )
 from gateway.errors import CertificateError
 from gateway.server import Gateway, make_ssl_context
+from gateway.status import TrustInfo, trust_command
 
 log = logging.getLogger("gateway.server")
 
@@ -142,9 +143,14 @@ def print_trust_hint(config: Config, ca_path: Path | None, addresses: list[str])
     port = addresses[0].rsplit(":", 1)[1] if addresses else str(config.listen[0].port)
     host = config.primary_name
     shown = f"[{host}]" if ":" in host else host
+    ca = certs.load_certs(ca_path)[0]
+    authority = f"{shown}:{port}"
     print(f"Clients must trust the CA {ca_path}.")
-    print(f"  Docker:   copy it to /etc/docker/certs.d/{shown}:{port}/ca.crt")
-    print(f"  podman:   copy it to /etc/containers/certs.d/{shown}:{port}/ca.crt")
+    print(f"  CA fingerprint (SHA-256): {certs.fingerprint(ca)}")
+    print(f"  On each client, run: {trust_command(authority, ca)}")
+    print(f"  or copy it by hand for Docker to /etc/docker/certs.d/{authority}/ca.crt,")
+    print(f"  for podman to /etc/containers/certs.d/{authority}/ca.crt.")
+    print(f"  Status page and instructions: https://{authority}/_gateway/")
 
 
 def raise_file_limit(wanted: int) -> None:
@@ -175,13 +181,14 @@ def run(args: argparse.Namespace) -> int:
     context = make_ssl_context(cert, key, config.client_ca)
     if sys.platform == "win32":  # pragma: no cover - the peek on accept needs a selector loop.
         asyncio.set_event_loop_policy(asyncio.WindowsSelectorEventLoopPolicy())
-    return asyncio.run(serve_forever(config, context, ca_path))
+    trust = TrustInfo(leaf_path=cert, ca_path=ca_path)
+    return asyncio.run(serve_forever(config, context, trust))
 
 
-async def serve_forever(config: Config, context, ca_path: Path | None) -> int:
-    gateway = Gateway(config, context)
+async def serve_forever(config: Config, context, trust: TrustInfo) -> int:
+    gateway = Gateway(config, context, trust)
     await gateway.start()
-    print_trust_hint(config, ca_path, gateway.addresses)
+    print_trust_hint(config, trust.ca_path, gateway.addresses)
     for address in gateway.addresses:
         print(f"Listening on https://{address} -> {config.upstream}", flush=True)
 

@@ -27,6 +27,7 @@ from gateway.config import Config, Listener, format_host_port
 from gateway.errors import CertificateError, ConfigError
 from gateway.logs import RateLimitedLog
 from gateway.protocol import GatewayServer
+from gateway.status import TrustInfo
 from gateway.proxy import API_VERSION, API_VERSION_HEADER, Proxy, registry_error
 
 log = logging.getLogger("gateway.server")
@@ -166,11 +167,13 @@ class Gateway:
 
     config: Config
     ssl_context: ssl.SSLContext
+    trust: TrustInfo | None = None
     proxy: Proxy = field(init=False)
     bound: list[_BoundListener] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.proxy = Proxy(self.config)
+        self.proxy.trust = self.trust
         self._server: web.Server | None = None
         self._connections: set[asyncio.Task] = set()
         self._stopping = False
