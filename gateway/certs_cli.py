@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gateway import certs, certstore
+from gateway import certcheck, certs, certstore
 from gateway.certnames import describe_constraints
 
 DEFAULT_DIR = Path("certs")
@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_init(commands)
     _add_issue(commands)
     _add_issue_client(commands)
+    _add_check(commands)
 
 
 def _dir_argument(parser: argparse.ArgumentParser) -> None:
@@ -163,4 +164,43 @@ def run_issue_client(args: argparse.Namespace) -> int:
         "Copy both into the client's certs.d/HOST:PORT/ folder, next to ca.crt; Docker "
         "reads *.cert with the .key of the same name as a client pair."
     )
+    return 0
+
+
+def _add_check(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "check",
+        help="find what Go clients will reject in a certificate",
+        description=(
+            "Check a certificate chain file the way Go registry clients judge it. With "
+            "no --cert, check the gateway's own certificate in --dir. Exit status 0 "
+            "means no findings, 1 means findings."
+        ),
+    )
+    _dir_argument(parser)
+    parser.add_argument("--cert", type=Path, metavar="FILE", help="PEM chain file, leaf first")
+    parser.add_argument("--key", type=Path, metavar="FILE", help="PEM private key of --cert")
+    parser.add_argument(
+        "--ca", type=Path, metavar="FILE",
+        help="root CA file clients trust (default: --dir's ca.crt for its own "
+        "certificate, else the system store)",
+    )
+    parser.add_argument(
+        "--name", action="append", default=[], metavar="HOST[:PORT]",
+        help="name or address clients connect to; repeat for more",
+    )
+    parser.set_defaults(func=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    cert, key, ca = certcheck.resolve_paths(args.dir, args.cert, args.key, args.ca)
+    report = certcheck.check_certificate(cert, key, ca, args.name, folder=args.dir)
+    for finding in report.findings:
+        print(finding)
+    _print_notes(report.notes)
+    if report.findings:
+        print(f"Found {len(report.findings)} problem(s) in {str(cert)!r}.")
+        return 1
+    root = report.root.subject.rfc4514_string() if report.root is not None else "?"
+    print(f"No problems found in {str(cert)!r}; it chains to {root!r}.")
     return 0

@@ -63,20 +63,32 @@ def cn_only_leaf(ca_cert, ca_key, common_name: str) -> tuple[x509.Certificate, c
     return cert, key
 
 
-def intermediate_ca(ca_cert, ca_key) -> tuple[x509.Certificate, certs.PrivateKey]:
-    """An intermediate CA signed by `ca_cert`, for chains with a missing link."""
+def root_ca(folder: Path) -> tuple[x509.Certificate, certs.PrivateKey]:
+    """A root CA that allows one intermediate below it, written to `folder/ca.crt`."""
     key = certs.generate_key()
+    cert = intermediate_ca(None, key, name="test root CA")[0]
+    certs.write_certs(folder / "ca.crt", [cert])
+    return cert, key
+
+
+def intermediate_ca(ca_cert, ca_key, name: str = "test intermediate CA") -> tuple[x509.Certificate, certs.PrivateKey]:
+    """A CA signed by `ca_cert` (self-signed when None), for chains with a missing link."""
+    key = certs.generate_key() if ca_cert is not None else ca_key
     start = certs.now() - datetime.timedelta(hours=1)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test intermediate CA")])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer = ca_cert.subject if ca_cert is not None else subject
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(ca_cert.subject)
+        .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + datetime.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.BasicConstraints(ca=True, path_length=0 if ca_cert is not None else 1),
+            critical=True,
+        )
         .add_extension(
             x509.KeyUsage(True, False, False, False, False, True, True, False, False),
             critical=True,
