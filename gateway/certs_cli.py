@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gateway import certcheck, certs, certstore
+from gateway import certcheck, certs, certstore, export
 from gateway.certnames import describe_constraints
 
 DEFAULT_DIR = Path("certs")
@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_issue(commands)
     _add_issue_client(commands)
     _add_check(commands)
+    _add_export(commands)
 
 
 def _dir_argument(parser: argparse.ArgumentParser) -> None:
@@ -204,3 +205,80 @@ def run_check(args: argparse.Namespace) -> int:
     root = report.root.subject.rfc4514_string() if report.root is not None else "?"
     print(f"No problems found in {str(cert)!r}; it chains to {root!r}.")
     return 0
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export",
+        help="write the CA where each client reads it for a registry",
+        description=(
+            "Show, or write, the files that make a client trust the CA for HOST:PORT. "
+            "Without --out or --install, only print the paths, contents and commands."
+        ),
+    )
+    _dir_argument(parser)
+    parser.add_argument(
+        "--host", required=True, metavar="HOST[:PORT]",
+        help="the registry as image references name it, such as registry.local:5443",
+    )
+    parser.add_argument(
+        "--for", dest="clients", action="append", required=True, choices=export.CLIENTS,
+        metavar="CLIENT", help=f"client layout; repeat for more: {', '.join(export.CLIENTS)}",
+    )
+    parser.add_argument("--ca", type=Path, metavar="FILE", help="CA certificate (default DIR/ca.crt)")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
+        "--out", type=Path, metavar="DIR",
+        help="write a tree under DIR that mirrors the target paths, to copy elsewhere",
+    )
+    target.add_argument("--install", action="store_true", help="write the real paths on this host")
+    parser.add_argument(
+        "--force", action="store_true",
+        help="replace existing different files, moving them to a timestamped backup first",
+    )
+    parser.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    _host, port, authority = export.parse_authority(args.host)
+    chain = export.load_ca_for_export(args.ca or args.dir / certs.CA_CERT)
+    plans = [export.plan_export(client, authority, chain) for client in dict.fromkeys(args.clients)]
+    for message in export.export_warnings(chain, authority, port):
+        print(f"Warning: {message}")
+    root = args.out if args.out is not None else Path("/") if args.install else None
+    if root is not None and args.install:
+        plans = [export.for_this_host(plan) for plan in plans]
+    for plan in plans:
+        if root is None:
+            _print_plan(plan)
+        else:
+            _write_plan(plan, root, args.force)
+    return 0
+
+
+def _print_plan(plan: export.TrustPlan) -> None:
+    print(f"{plan.title} reads the CA for {plan.authority} from:")
+    for trust_file in plan.files:
+        print(f"  {trust_file.target}")
+        if trust_file.shared:
+            for line in trust_file.content.decode().splitlines():
+                print(f"      {line}")
+    _print_commands(plan)
+
+
+def _write_plan(plan: export.TrustPlan, root: Path, force: bool) -> None:
+    print(f"{plan.title}, for {plan.authority}:")
+    for item in export.write_plan(plan, root, force):
+        if item.backup is not None:
+            print(f"  Moved the old file to {str(item.backup)!r}.")
+        verb = "Unchanged" if item.unchanged else "Wrote"
+        shown = f" (for {item.target})" if str(item.path) != str(item.target) else ""
+        print(f"  {verb} {str(item.path)!r}{shown}")
+    _print_commands(plan)
+
+
+def _print_commands(plan: export.TrustPlan) -> None:
+    for command in plan.commands:
+        print(f"  Then run: {command}")
+    for note in plan.notes:
+        print(f"  Note: {note}")
