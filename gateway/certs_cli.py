@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gateway import certcheck, certs, certstore, export
+from gateway import certcheck, certs, certshow, certstore, export
 from gateway.certnames import describe_constraints
 
 DEFAULT_DIR = Path("certs")
@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_issue_client(commands)
     _add_check(commands)
     _add_export(commands)
+    _add_show(commands)
 
 
 def _dir_argument(parser: argparse.ArgumentParser) -> None:
@@ -282,3 +283,21 @@ def _print_commands(plan: export.TrustPlan) -> None:
         print(f"  Then run: {command}")
     for note in plan.notes:
         print(f"  Note: {note}")
+
+
+def _add_show(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "show",
+        help="list the certificates and keys in --dir",
+        description="List each certificate with its SANs, SHA-256 fingerprint and dates.",
+    )
+    _dir_argument(parser)
+    parser.set_defaults(func=run_show)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    for path, lines in certshow.describe_folder(args.dir):
+        print(path)
+        for line in lines:
+            print(f"  {line}" if line else "")
+    return 0
