@@ -246,7 +246,9 @@ def run_export(args: argparse.Namespace) -> int:
     plans = [export.plan_export(client, authority, chain) for client in dict.fromkeys(args.clients)]
     for message in export.export_warnings(chain, authority, port):
         print(f"Warning: {message}")
-    root = args.out if args.out is not None else Path("/") if args.install else None
+    root = args.out
+    if root is None and args.install:
+        root = Path("/")
     if root is not None and args.install:
         plans = [export.for_this_host(plan) for plan in plans]
     for plan in plans:
