@@ -132,12 +132,19 @@ def plan_export(client: str, authority: str, chain: list[x509.Certificate], home
 
 
 def _loopback_note(authority: str) -> list[str]:
+    # dockerd always treats 127.0.0.0/8 as insecure; current moby source adds
+    # ::1/128, but dockerd 20.10 verified a registry on ::1 with certs.d.
     host = split_host_port(authority)[0]
-    if host in ("localhost", "::1") or host.startswith("127."):
+    if host == "localhost" or host.startswith("127."):
         return [
-            f"Docker treats {host} as an insecure registry (it always does for "
-            "127.0.0.0/8 and ::1): it skips certs.d and accepts any certificate, so "
+            f"Docker treats {host} as an insecure registry, as it does every "
+            "127.0.0.0/8 address: it skips certs.d and accepts any certificate, so "
             "this file takes effect only under a non-loopback name."
+        ]
+    if host == "::1":
+        return [
+            "Newer Docker releases treat ::1 as an insecure registry and skip certs.d "
+            "for it; dockerd 20.10 still reads this file."
         ]
     return []
 

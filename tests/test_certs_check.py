@@ -342,3 +342,18 @@ def test_check_subprocess(ca, capsys):
     assert result.returncode == 1
     assert result.stderr == ""
     assert "doesn't contain any IP SANs" in result.stdout
+
+
+def test_serve_warns_cn_only(tmp_path, registry):
+    """serve with a CN-only certificate warns loudly with Go's error and the issue command."""
+    ca_cert, ca_key = new_ca(tmp_path / "certs")
+    leaf, key = cn_only_leaf(ca_cert, ca_key, "registry.example")
+    cert_path, key_path = write_pair(tmp_path, "leaf", [leaf], key)
+    gateway = lab.GatewayProcess(
+        ["--listen", "127.0.0.1:0", "--upstream", registry.url, "--name", "registry.example",
+         "--cert", str(cert_path), "--key", str(key_path)]
+    ).start()
+    gateway.stop()
+    assert "WARNING" in gateway.output
+    assert certcheck.GO_CN_ONLY in gateway.output
+    assert "registry-gateway certs issue registry.example" in gateway.output

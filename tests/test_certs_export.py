@@ -216,3 +216,10 @@ def test_skopeo_reads_exported_folder(ca_dir, tmp_path, capsys):
         folder = tmp_path / "out" / "etc" / "containers" / "certs.d" / authority
         result = skopeo_push(layout, registry.address, folder, host="localhost")
     assert result.returncode == 0, result.stderr
+
+
+def test_loopback_note(ca_dir, capsys):
+    """For 127.0.0.1 the output says Docker skips certs.d, since it treats it as insecure."""
+    _, out, _ = export_cli(capsys, ca_dir, "--host", "127.0.0.1:5443", "--for", "docker")
+    assert "Note: Docker treats 127.0.0.1 as an insecure registry" in out
+    assert "it skips certs.d and accepts any certificate" in out
