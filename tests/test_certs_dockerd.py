@@ -154,7 +154,7 @@ def test_dockerd_loopback_sends_no_client_cert(dockerd, v6_registry, layout, tmp
     finally:
         gateway.stop()
     # dockerd tried HTTPS without a client pair, then fell back to plain HTTP,
-    # which the gateway answers with its HTTPS-only message.
+    # and the gateway replies to that with its HTTPS-only message.
     assert pushed.returncode == 1
     assert "x509" not in last_line(pushed)
     assert f"https://{authority}/" in last_line(pushed)
