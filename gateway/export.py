@@ -1,10 +1,10 @@
 """Where each registry client reads the CA it trusts for a `host[:port]`, and writing it there.
 
 `plan_export` returns the files (target path and content), the commands to run
-afterwards and notes for one client; `write_plan` writes them under a root folder:
-`/` to install on this host, or any folder to build a tree that mirrors the
-targets for copying to other machines. A later `trust` command can call the same
-two functions.
+afterwards and notes for one client. `write_plan` writes them under a root
+folder: `/` to install on this host, or any folder to build a tree that mirrors
+the targets for copying to other machines. A later `trust` command can call the
+same two functions.
 
 Sources for the layouts: Docker's "Verify repository client certificates" page
 and moby's `registry.HostCertsDir` (on Windows the colon is removed from the

@@ -219,7 +219,7 @@ def test_skopeo_reads_exported_folder(ca_dir, tmp_path, capsys):
 
 
 def test_loopback_note(ca_dir, capsys):
-    """For 127.0.0.1 the output says Docker skips certs.d, since it treats it as insecure."""
+    """For 127.0.0.1 the output notes that Docker, treating it as insecure, skips certs.d."""
     _, out, _ = export_cli(capsys, ca_dir, "--host", "127.0.0.1:5443", "--for", "docker")
     assert "Note: Docker treats 127.0.0.1 as an insecure registry" in out
     assert "it skips certs.d and accepts any certificate" in out

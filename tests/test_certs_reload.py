@@ -1,7 +1,7 @@
 """The gateway's certificate at run time: hot reload, renewal, start-up log, mTLS.
 
 A reload must leave open connections alone: a large upload started before the
-swap completes, while a handshake made after it sees the new certificate.
+swap completes, while a handshake made after it gets the new certificate.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ async def wait_async(condition, timeout: float = WAIT) -> bool:
 
 
 async def test_reload_during_upload(registry, pki, tmp_path):
-    """A 48 MiB upload spans a reload and completes; a new handshake sees the new leaf."""
+    """A 48 MiB upload spans a reload and completes; a new handshake gets the new leaf."""
     ca_cert, ca_key, cert_path, key_path, first = pki
     reloader = tlsreload.CertificateReloader(cert_path, key_path, interval=0.2)
     config = Config(upstream=URL(registry.url), names=["localhost"], listen=[Listener("127.0.0.1", 0)])
