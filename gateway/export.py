@@ -63,8 +63,8 @@ class TrustPlan:
 
 def parse_authority(value: str) -> tuple[str, int | None, str]:
     """Split `HOST[:PORT]` and return host, port and the authority as image references write it."""
-    host, port = split_host_port(value)
-    if not host or "/" in host:
+    host, port = ("", None) if "/" in value else split_host_port(value)
+    if not host:
         raise CertificateError(
             f"Invalid --host {value!r}: give the registry as image references name it, "
             "for example 'registry.local:5000'."
@@ -75,7 +75,12 @@ def parse_authority(value: str) -> tuple[str, int | None, str]:
 
 def load_ca_for_export(path: Path) -> list[x509.Certificate]:
     """Read CA certificates to export, rejecting keys and leaf certificates."""
-    data = Path(path).read_bytes() if Path(path).is_file() else b""
+    if not Path(path).is_file():
+        raise CertificateError(
+            f"The CA file {str(path)!r} was not found: give it with --ca FILE, or create "
+            f"a local CA with: registry-gateway certs init --dir {Path(path).parent}"
+        )
+    data = Path(path).read_bytes()
     if b"PRIVATE KEY" in data:
         raise CertificateError(
             f"The file {str(path)!r} contains a private key, which must never leave this "

@@ -223,3 +223,19 @@ def test_loopback_note(ca_dir, capsys):
     _, out, _ = export_cli(capsys, ca_dir, "--host", "127.0.0.1:5443", "--for", "docker")
     assert "Note: Docker treats 127.0.0.1 as an insecure registry" in out
     assert "it skips certs.d and accepts any certificate" in out
+
+
+@pytest.mark.parametrize("bad", ["https://registry.example:5000", "registry.example:http", "registry.example/v2"])
+def test_invalid_host(ca_dir, capsys, bad):
+    """A --host with a scheme, path or bad port is rejected with the value quoted."""
+    status, _, err = export_cli(capsys, ca_dir, "--host", bad, "--for", "docker")
+    assert status == 1
+    assert repr(bad) in err
+
+
+def test_missing_ca(tmp_path, capsys):
+    """With no CA in --dir, the error names the file and the init command."""
+    status, _, err = export_cli(capsys, tmp_path, "--host", "registry.example:5000", "--for", "docker")
+    assert status == 1
+    assert f"'{tmp_path / 'ca.crt'}' was not found" in err
+    assert f"registry-gateway certs init --dir {tmp_path}" in err
