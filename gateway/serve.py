@@ -54,6 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--certs-dir", type=Path, metavar="DIR",
         help="where the generated CA and leaf live when --cert is not given (default certs/)",
     )
+    parser.add_argument(
+        "--htpasswd", type=Path, metavar="FILE",
+        help="require HTTP Basic credentials from this bcrypt htpasswd file (htpasswd -B)",
+    )
     parser.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error")
     parser.set_defaults(func=run)
 
@@ -74,6 +78,8 @@ def build_config(args: argparse.Namespace) -> Config:
         config.certs_dir = args.certs_dir
     if args.log_level:
         config.log_level = parse_log_level(args.log_level)
+    if args.htpasswd:
+        config.htpasswd = args.htpasswd
     validate(config)
     return config
 
