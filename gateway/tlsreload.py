@@ -40,17 +40,12 @@ RENEW_RETRY = 3600.0
 # Docker skips certs.d, client pairs included, for insecure registries; 127.0.0.0/8
 # always is one, and current moby source adds ::1/128 too. dockerd 20.10 still
 # verified a registry on ::1 and sent it the client pair.
-# NOTE: a client without a certificate gets the connection closed, not a TLS
-# alert: skopeo 1.9.3 and dockerd 20.10 printed "EOF", "http: server closed idle
-# connection" or "connection reset by peer" against this gateway on Python 3.11.
 CLIENT_CA_NOTE = (
     "Note: Clients must present a certificate signed by {client_ca}. Docker sends no "
     "client certificate to a registry it treats as insecure (listed in "
     "insecure-registries, any 127.0.0.0/8 address, and ::1 in newer releases), so "
-    "docker push and pull fail there. Use a name that is not insecure, with "
-    "client.cert and client.key in certs.d/HOST:PORT/. A client without a "
-    "certificate gets its connection closed (Go clients print EOF or connection "
-    "reset by peer)."
+    "docker push and pull get 401 there. Use a name that is not insecure, with "
+    "client.cert and client.key in certs.d/HOST:PORT/."
 )
 
 

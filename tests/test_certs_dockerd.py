@@ -17,9 +17,8 @@ from tests.dockerd import TEST_NAME, last_line
 
 pytestmark = pytest.mark.dockerd
 
-# What Go clients printed, varying run to run, when the gateway required a client
-# certificate and none was sent.
-CLOSED_ERRORS = ("EOF", "http: server closed idle connection", "read: connection reset by peer")
+# The gateway's 401 for a request without a client certificate, as docker prints it.
+NO_CLIENT_CERT = "unauthorized: this registry requires a TLS client certificate"
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +126,7 @@ def test_dockerd_client_certificate(dockerd, v6_registry, layout, tmp_path, caps
         gateway.stop()
     assert "Docker sends no client certificate to a registry it treats as insecure" in gateway.output
     assert without_pair.returncode == 1
-    assert last_line(without_pair).startswith(f'Get "https://{authority}/v2/": ')
-    assert last_line(without_pair).endswith(CLOSED_ERRORS)
+    assert last_line(without_pair).startswith(NO_CLIENT_CERT)
     assert with_pair.returncode == 0, with_pair.stderr
 
 
@@ -153,8 +151,7 @@ def test_dockerd_loopback_sends_no_client_cert(dockerd, v6_registry, layout, tmp
         pushed = push(dockerd, layout, f"{authority}/certs/loopback:v1")
     finally:
         gateway.stop()
-    # dockerd tried HTTPS without a client pair, then fell back to plain HTTP,
-    # and the gateway replies to that with its HTTPS-only message.
+    folder = dockerd.etc_docker / "certs.d" / authority
+    assert sorted(p.name for p in folder.iterdir()) == ["ca.crt", "client.cert", "client.key"]
     assert pushed.returncode == 1
-    assert "x509" not in last_line(pushed)
-    assert f"https://{authority}/" in last_line(pushed)
+    assert last_line(pushed).startswith(NO_CLIENT_CERT)

@@ -29,9 +29,6 @@ from tests.certs_support import issue, new_ca, run_cli, skopeo_push, trust_dir, 
 UPLOAD_SIZE = 48 * 1024 * 1024
 CHUNK = 256 * 1024
 WAIT = 15.0
-# What skopeo 1.9.3 printed, varying run to run, when the gateway required a
-# client certificate and none was sent: the TLS alert does not reach it.
-CLOSED_ERRORS = ("EOF", "http: server closed idle connection", "read: connection reset by peer")
 
 
 @pytest.fixture
@@ -292,6 +289,5 @@ def test_mtls_client_certificate(registry, tmp_path, capsys):
     assert "Docker sends no client certificate to a registry it treats as insecure" in process.output
     assert "any 127.0.0.0/8 address" in process.output
     assert denied.returncode == 1
-    denied_error = lab.skopeo_error(denied)
-    assert denied_error.endswith(CLOSED_ERRORS), denied_error
+    assert lab.skopeo_error(denied).endswith("unauthorized: authentication required")
     assert allowed.returncode == 0, allowed.stderr
