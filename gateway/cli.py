@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "gateway.serve",
     "gateway.demo",
     "gateway.snippet_cli",
+    "gateway.certs_cli",
 )
 
 
