@@ -18,6 +18,7 @@ from gateway.errors import GatewayError
 COMMAND_MODULES = (
     "gateway.serve",
     "gateway.demo",
+    "gateway.probe_cli",
 )
 
 
