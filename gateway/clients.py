@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from gateway import probe
 from gateway.probe import Report
 
-REPO_PLACEHOLDER = "<repo>"
-TAG_PLACEHOLDER = "<tag>"
 CLIENT_NAMES = ("docker", "containerd", "podman")
 
 
@@ -85,11 +83,16 @@ def status_text(status: int) -> str:
 
 def https_error(report: Report) -> str:
     """The Go error of a verified `GET https://HOST:PORT/v2/`, '' when it would pass."""
-    if report.go_error:
-        return report.go_error
-    if report.verdict == probe.AUTH_REALM_PROBLEM:
-        return report.evidence.get("auth", {}).get("realm_go_error", "")
-    return ""
+    return report.go_error
+
+
+def realm_error(report: Report) -> str:
+    """containers/image's text for a failed anonymous token request."""
+    auth = report.evidence.get("auth", {})
+    if auth.get("realm_go_error"):
+        return f'Get "{auth["token_url"]}": {auth["realm_go_error"]}'
+    status = auth.get("realm_status", 0)
+    return f"Requesting bearer token: invalid status code from registry {status} ({status_text(status)})"
 
 
 def predict(report: Report, options: probe.Options) -> None:
@@ -116,19 +119,16 @@ def predict_podman(report: Report) -> Prediction:
     url = f"https://{target.authority}/v2/"
     error = https_error(report)
     ping = f"pinging container registry {target.reference}"
-    if error and report.verdict != probe.AUTH_REALM_PROBLEM:
+    if error:
         core = f'{ping}: Get "{url}": {error}'
     elif report.verdict == probe.NOT_A_REGISTRY:
         core = f"{ping}: {_v2_failure(report)}"
     elif report.verdict == probe.AUTH_REALM_PROBLEM:
-        # NOTE: the token URL's query (scope, service) depends on the image, so
-        # only the part after the realm is predicted exactly.
-        realm = report.evidence["auth"]["params"]["realm"]
-        core = f'Get "{realm}?...": {error}'
+        core = realm_error(report)
     else:
         rule = "needs `podman login` first" if report.evidence.get("v2", {}).get("status") == 401 else ""
         return Prediction("podman", True, "OK", url, rule=rule)
-    message = f"Error: initializing source docker://{target.reference}/{REPO_PLACEHOLDER}:{TAG_PLACEHOLDER}: {core}"
+    message = f"Error: initializing source docker://{target.reference}/{report.repository}:{report.tag}: {core}"
     return Prediction("podman", False, message, url, rule="skopeo prints the same text after its own prefix", core=core)
 
 
@@ -140,12 +140,11 @@ def predict_docker(report: Report) -> Prediction:
     error = https_error(report)
     rule = f"{target.host} is outside 127.0.0.0/8, so dockerd uses verified HTTPS only"
     if error:
-        if report.verdict == probe.AUTH_REALM_PROBLEM:
-            realm = report.evidence["auth"]["params"]["realm"]
-            core = f'Get "{realm}?...": {error}'
-            return Prediction("docker", False, f"Error response from daemon: {core}", url, rule, core, unverified=True)
         core = f'Get "{url}": {error}'
         return Prediction("docker", False, f"Error response from daemon: {core}", url, rule, core)
+    if report.verdict == probe.AUTH_REALM_PROBLEM:
+        core = realm_error(report)
+        return Prediction("docker", False, f"Error response from daemon: {core}", url, rule, core, unverified=True)
     if report.verdict == probe.NOT_A_REGISTRY:
         core = _docker_non_registry(report)
         return Prediction("docker", False, f"Error response from daemon: {core}", url, rule, core, unverified=True)
@@ -177,6 +176,9 @@ def _docker_insecure(report: Report) -> Prediction:
     if verdict in (probe.REFUSED, probe.UNREACHABLE, probe.TIMEOUT):
         core = f'Get "{http_url}": {report.go_error}'
         return Prediction("docker", False, f"Error response from daemon: {core}", http_url, rule, core)
+    if verdict == probe.AUTH_REALM_PROBLEM:
+        core = realm_error(report)
+        return Prediction("docker", False, f"Error response from daemon: {core}", http_url, rule, core, unverified=True)
     if report.scheme in ("https", "http") and report.evidence.get("v2", {}).get("is_registry"):
         url = f"{report.scheme}://{target.authority}/v2/"
         prediction = _docker_ok(report, url, rule)
@@ -195,15 +197,15 @@ def _docker_insecure(report: Report) -> Prediction:
 
 def predict_ctr(report: Report) -> Prediction:
     target = report.target
-    reference = f"{target.reference}/{REPO_PLACEHOLDER}:{TAG_PLACEHOLDER}"
-    manifests = f"/v2/{REPO_PLACEHOLDER}/manifests/{TAG_PLACEHOLDER}"
+    reference = f"{target.reference}/{report.repository}:{report.tag}"
+    manifests = f"/v2/{report.repository}/manifests/{report.tag}"
     prefix = f'ctr: failed to resolve reference "{reference}"'
     if ctr_uses_plain_http(target):
         return _ctr_plain(report, prefix, reference, manifests)
     url = f"https://{target.authority}{manifests}"
     rule = "ctr uses verified HTTPS for a name that is not localhost or a loopback IP"
     error = https_error(report)
-    if error and report.verdict != probe.AUTH_REALM_PROBLEM:
+    if error:
         core = f'failed to do request: Head "{url}": {error}'
         return Prediction("containerd", False, f"{prefix}: {core}", url, rule, core)
     if report.verdict in (probe.NOT_A_REGISTRY, probe.AUTH_REALM_PROBLEM):
@@ -223,7 +225,7 @@ def _ctr_plain(report: Report, prefix: str, reference: str, manifests: str) -> P
         reply = report.evidence.get("plain_http_reply", {})
         if reply.get("status"):
             status = reply["status"]
-            core = f"pulling from host {target.authority} failed with status code [manifests {TAG_PLACEHOLDER}]: {status} {status_text(status)}"
+            core = f"pulling from host {target.authority} failed with status code [manifests {report.tag}]: {status} {status_text(status)}"
             return Prediction("containerd", False, f"{prefix}: {core}", url, rule, core)
         return Prediction("containerd", False, f"{prefix}: ...", url, rule, unverified=True)
     v2 = report.evidence.get("v2", {})

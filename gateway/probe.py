@@ -191,6 +191,9 @@ class Options:
     client: str = "all"
     timeout: float = 5.0
     system_trust: bool = True
+    # The image the predicted messages name; placeholders unless --image is given.
+    repository: str = "<repo>"
+    tag: str = "<tag>"
 
 
 @dataclass
@@ -208,6 +211,8 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     fixes: list[Fix] = field(default_factory=list)
     clients: list = field(default_factory=list)
+    repository: str = "<repo>"
+    tag: str = "<tag>"
 
     @property
     def ok(self) -> bool:
@@ -246,7 +251,7 @@ def run(target: Target, options: Options) -> Report:
     """Probe `target` step by step and return the report with verdict and predictions."""
     from gateway import clients, probe_http, probe_net, probe_tls, verdicts
 
-    report = Report(target=target)
+    report = Report(target=target, repository=options.repository, tag=options.tag)
     addresses = probe_net.resolve(report, options.timeout)
     if addresses:
         sock, address = probe_net.connect(report, addresses, options.timeout)

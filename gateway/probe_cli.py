@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"certs.d root whose HOST:PORT folder holds trusted *.crt files (default {DOCKER_CERTS_DIR})",
     )
     parser.add_argument("--client", choices=CLIENT_CHOICES, default="all", help="which client's answer to show (default all)")
+    parser.add_argument("--image", metavar="REPO[:TAG]", help="the image the predicted messages name (default <repo>:<tag>)")
     parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="timeout of each step, in seconds (default 5)")
     parser.add_argument("--no-system-trust", action="store_true", help="ignore the system CA store, as a minimal client image would")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object (fields in docs/probe.md)")
@@ -44,7 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def options_from(args: argparse.Namespace) -> probe.Options:
     cert_dir = args.cert_dir if args.cert_dir is not None else DOCKER_CERTS_DIR
+    repository, tag = "<repo>", "<tag>"
+    if args.image:
+        repository, _, tag = args.image.partition(":")
+        tag = tag or "latest"
     return probe.Options(
+        repository=repository,
+        tag=tag,
         ca_files=list(args.ca),
         cert_dir=cert_dir,
         client=args.client,

@@ -146,6 +146,7 @@ def check_realm(report: Report, challenge: str, options: probe.Options) -> None:
         port_given=realm.port is not None,
     )
     auth["realm_authority"] = realm_target.authority
+    auth["token_url"] = token_url(params["realm"], params.get("service", ""), options.repository)
     auth["realm_scheme"] = realm.scheme
     sub = probe.Report(target=realm_target)
     addresses = probe_net.resolve(sub, options.timeout)
@@ -164,8 +165,31 @@ def check_realm(report: Report, challenge: str, options: probe.Options) -> None:
         auth["realm_go_error"] = sub.steps[-1].go_error if result.kind != "tls-handshake" else sub.evidence.get("cert_go_error", "")
         if result.kind == "tls-handshake":
             auth["realm_cert_verdict"] = sub.evidence.get("cert_verdict", "")
-    status = "ok" if auth["realm_transport"] == "tls-handshake" and not auth.get("realm_go_error") else "failed"
-    detail = f"Token realm {params['realm']}: transport {auth['realm_transport']}" + (
-        f", {auth['realm_go_error']}." if auth.get("realm_go_error") else "."
-    )
-    report.step("realm", status, detail, options.timeout, started, auth.get("realm_go_error", ""))
+    if auth["realm_transport"] in ("tls-handshake", "plain-http-url") and not auth.get("realm_go_error"):
+        fetch_token(auth, realm_target, addresses[0], options)
+    status = "ok" if auth.get("realm_status") == 200 else "failed"
+    outcome = auth.get("realm_go_error") or f"token endpoint returned {auth.get('realm_status')}"
+    report.step("realm", status, f"Token realm {params['realm']}: {outcome}.", options.timeout, started, auth.get("realm_go_error", ""))
+
+
+def token_url(realm: str, service: str, repository: str) -> str:
+    """The anonymous token request containers/image sends: Go's sorted, escaped query."""
+    query = f"scope={urllib.parse.quote_plus(f'repository:{repository}:pull', safe='')}"
+    if service:
+        query += f"&service={urllib.parse.quote_plus(service, safe='')}"
+    return f"{realm}?{query}"
+
+
+def fetch_token(auth: dict, realm_target: probe.Target, address: str, options: probe.Options) -> None:
+    """GET the token endpoint anonymously, as a pull without credentials does."""
+    url = auth["token_url"]
+    split = urllib.parse.urlsplit(url)
+    path = split.path + "?" + split.query
+    try:
+        status, _reason, _headers, _body = http_request(
+            address, realm_target.host, realm_target.port, split.scheme == "https", options.timeout, path
+        )
+    except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+        auth["realm_go_error"] = str(exc)
+        return
+    auth["realm_status"] = status

@@ -14,10 +14,12 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
@@ -42,10 +44,13 @@ def system_anchors() -> list[Anchor]:
     cafile = ssl.get_default_verify_paths().cafile
     if not cafile or not Path(cafile).is_file():
         return []
-    try:
-        return [Anchor(c, "system") for c in x509.load_pem_x509_certificates(Path(cafile).read_bytes())]
-    except ValueError:
-        return []
+    with warnings.catch_warnings():
+        # Debian's bundle has a root with a negative serial; cryptography warns on it.
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        try:
+            return [Anchor(c, "system") for c in x509.load_pem_x509_certificates(Path(cafile).read_bytes())]
+        except ValueError:
+            return []
 
 
 def load_anchors(target: probe.Target, options: probe.Options) -> tuple[list[Anchor], list[str]]:

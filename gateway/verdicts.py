@@ -67,7 +67,7 @@ def _realm_failed(evidence: dict) -> bool:
     auth = evidence.get("auth", {})
     if "realm_transport" not in auth:
         return False
-    return auth["realm_transport"] != "tls-handshake" or bool(auth.get("realm_go_error"))
+    return bool(auth.get("realm_go_error")) or auth.get("realm_status") not in (200, 401)
 
 
 SIDES = {
@@ -108,7 +108,8 @@ def summary(report: Report) -> str:
 def _realm_summary(report: Report) -> str:
     auth = report.evidence.get("auth", {})
     realm = auth.get("params", {}).get("realm", "")
-    return f"The registry's TLS is fine, but the token realm {realm!r} fails: {auth.get('realm_go_error') or auth.get('realm_transport')}."
+    outcome = auth.get("realm_go_error") or f"the token endpoint returned {auth.get('realm_status')}"
+    return f"The registry's TLS is fine, but the token realm {realm!r} fails: {outcome}."
 
 
 def fixes(report: Report) -> list[Fix]:
