@@ -39,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-system-trust", action="store_true", help="ignore the system CA store, as a minimal client image would")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object (fields in docs/probe.md)")
     parser.add_argument("--explain", metavar="TEXT", help="recognise a pasted client error ('-' reads standard input), then probe its host")
-    parser.add_argument("--local", action="store_true", help="also audit this machine's docker config for HOST[:PORT]")
+    parser.add_argument("--local", metavar="HOST[:PORT]", help="audit this machine's docker config for the registry instead of connecting")
+    parser.add_argument("--daemon-json", type=Path, metavar="FILE", help="daemon.json for --local (default: this platform's)")
+    parser.add_argument("--hosts-file", type=Path, metavar="FILE", help="hosts file for --local (default /etc/hosts)")
     parser.set_defaults(func=run, parser=parser)
 
 
@@ -68,21 +70,25 @@ def run(args: argparse.Namespace) -> int:
 
         text = sys.stdin.read() if args.explain == "-" else args.explain
         return probe_explain.run(text, args, options_from(args))
+    if args.local is not None:
+        return run_local(args)
     if not args.target:
-        args.parser.error("give HOST[:PORT] to probe, or --explain TEXT")
-    target = probe.parse_target(args.target)
-    local = None
-    if args.local:
-        from gateway import probe_local
-
-        local = probe_local.audit(target)
-    report = probe.run(target, options_from(args))
-    if local is not None:
-        from gateway import probe_local
-
-        probe_local.apply(report, local)
+        args.parser.error("give HOST[:PORT] to probe, or --explain TEXT, or --local HOST[:PORT]")
+    report = probe.run(probe.parse_target(args.target), options_from(args))
     emit(report, args.json)
     return 0 if report.ok else 1
+
+
+def run_local(args: argparse.Namespace) -> int:
+    from gateway import probe_local
+
+    target = probe.parse_target(args.local)
+    result = probe_local.audit(target, args.daemon_json, args.cert_dir, args.hosts_file)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(probe_local.render(result))
+    return 0 if result.ok else 1
 
 
 def emit(report: probe.Report, as_json: bool, extra: dict | None = None) -> None:
