@@ -28,7 +28,7 @@ CLIENT_NAMES = ("docker", "containerd", "podman")
 
 @dataclass
 class Prediction:
-    """What one client does against the target: success or the exact last line it prints."""
+    """One client's outcome against the target: success, or the exact last line it prints."""
 
     client: str
     ok: bool
@@ -40,7 +40,7 @@ class Prediction:
 
 
 def docker_insecure_by_default(report: Report) -> bool:
-    """Whether dockerd's built-in 127.0.0.0/8 entry covers the target (moby isSecureIndex)."""
+    """Return whether dockerd's built-in 127.0.0.0/8 entry covers the target (moby isSecureIndex)."""
     for address in report.evidence.get("addresses", []):
         try:
             if ipaddress.ip_address(address) in ipaddress.ip_network("127.0.0.0/8"):
@@ -82,7 +82,7 @@ def status_text(status: int) -> str:
 
 
 def https_error(report: Report) -> str:
-    """The Go error of a verified `GET https://HOST:PORT/v2/`, '' when it would pass."""
+    """Return the Go error of a verified `GET https://HOST:PORT/v2/`, '' when it would pass."""
     return report.go_error
 
 
@@ -97,13 +97,17 @@ def realm_error(report: Report) -> str:
 
 def predict(report: Report, options: probe.Options) -> None:
     """Fill `report.clients` for the clients `options.client` selects."""
-    wanted = CLIENT_NAMES if options.client == "all" else (options.client,)
-    builders = {"docker": predict_docker, "containerd": predict_ctr, "podman": predict_podman}
-    report.clients = [builders[name](report) for name in wanted]
+    selected = CLIENT_NAMES if options.client == "all" else (options.client,)
+    builders = {
+        "docker": predict_docker,
+        "containerd": predict_ctr,
+        "podman": predict_podman,
+    }
+    report.clients = [builders[name](report) for name in selected]
 
 
 def _v2_failure(report: Report) -> str:
-    """containers/image's ping text for a non-registry answer, '' for a registry."""
+    """containers/image's ping text for a non-registry response, '' for a registry."""
     v2 = report.evidence.get("v2", {})
     if not v2 or v2.get("is_registry"):
         return ""
@@ -126,10 +130,21 @@ def predict_podman(report: Report) -> Prediction:
     elif report.verdict == probe.AUTH_REALM_PROBLEM:
         core = realm_error(report)
     else:
-        rule = "needs `podman login` first" if report.evidence.get("v2", {}).get("status") == 401 else ""
+        rule = (
+            "needs `podman login` first"
+            if report.evidence.get("v2", {}).get("status") == 401
+            else ""
+        )
         return Prediction("podman", True, "OK", url, rule=rule)
     message = f"Error: initializing source docker://{target.reference}/{report.repository}:{report.tag}: {core}"
-    return Prediction("podman", False, message, url, rule="skopeo prints the same text after its own prefix", core=core)
+    return Prediction(
+        "podman",
+        False,
+        message,
+        url,
+        rule="skopeo prints the same text after its own prefix",
+        core=core,
+    )
 
 
 def predict_docker(report: Report) -> Prediction:
@@ -141,13 +156,31 @@ def predict_docker(report: Report) -> Prediction:
     rule = f"{target.host} is outside 127.0.0.0/8, so dockerd uses verified HTTPS only"
     if error:
         core = f'Get "{url}": {error}'
-        return Prediction("docker", False, f"Error response from daemon: {core}", url, rule, core)
+        return Prediction(
+            "docker", False, f"Error response from daemon: {core}", url, rule, core
+        )
     if report.verdict == probe.AUTH_REALM_PROBLEM:
         core = realm_error(report)
-        return Prediction("docker", False, f"Error response from daemon: {core}", url, rule, core, unverified=True)
+        return Prediction(
+            "docker",
+            False,
+            f"Error response from daemon: {core}",
+            url,
+            rule,
+            core,
+            unverified=True,
+        )
     if report.verdict == probe.NOT_A_REGISTRY:
         core = _docker_non_registry(report)
-        return Prediction("docker", False, f"Error response from daemon: {core}", url, rule, core, unverified=True)
+        return Prediction(
+            "docker",
+            False,
+            f"Error response from daemon: {core}",
+            url,
+            rule,
+            core,
+            unverified=True,
+        )
     return _docker_ok(report, url, rule)
 
 
@@ -175,14 +208,29 @@ def _docker_insecure(report: Report) -> Prediction:
     http_url = f"http://{target.authority}/v2/"
     if verdict in (probe.REFUSED, probe.UNREACHABLE, probe.TIMEOUT):
         core = f'Get "{http_url}": {report.go_error}'
-        return Prediction("docker", False, f"Error response from daemon: {core}", http_url, rule, core)
+        return Prediction(
+            "docker", False, f"Error response from daemon: {core}", http_url, rule, core
+        )
     if verdict == probe.AUTH_REALM_PROBLEM:
         core = realm_error(report)
-        return Prediction("docker", False, f"Error response from daemon: {core}", http_url, rule, core, unverified=True)
-    if report.scheme in ("https", "http") and report.evidence.get("v2", {}).get("is_registry"):
+        return Prediction(
+            "docker",
+            False,
+            f"Error response from daemon: {core}",
+            http_url,
+            rule,
+            core,
+            unverified=True,
+        )
+    if report.scheme in ("https", "http") and report.evidence.get("v2", {}).get(
+        "is_registry"
+    ):
         url = f"{report.scheme}://{target.authority}/v2/"
         prediction = _docker_ok(report, url, rule)
-        if report.scheme == "https" and report.evidence.get("v2", {}).get("status") == 401:
+        if (
+            report.scheme == "https"
+            and report.evidence.get("v2", {}).get("status") == 401
+        ):
             prediction.rule += (
                 "; without a login dockerd falls back to plain HTTP on the TLS port and prints that "
                 "fallback's error (connection reset by peer, or error parsing HTTP 400 response body), "
@@ -191,8 +239,17 @@ def _docker_insecure(report: Report) -> Prediction:
         return prediction
     if verdict == probe.NOT_A_REGISTRY:
         core = _docker_non_registry(report)
-        return Prediction("docker", False, f"Error response from daemon: {core}", http_url, rule, core)
-    return Prediction("docker", False, f"Error response from daemon: Get \"{http_url}\": ...", http_url, rule, unverified=True)
+        return Prediction(
+            "docker", False, f"Error response from daemon: {core}", http_url, rule, core
+        )
+    return Prediction(
+        "docker",
+        False,
+        f'Error response from daemon: Get "{http_url}": ...',
+        http_url,
+        rule,
+        unverified=True,
+    )
 
 
 def predict_ctr(report: Report) -> Prediction:
@@ -209,14 +266,18 @@ def predict_ctr(report: Report) -> Prediction:
         core = f'failed to do request: Head "{url}": {error}'
         return Prediction("containerd", False, f"{prefix}: {core}", url, rule, core)
     if report.verdict in (probe.NOT_A_REGISTRY, probe.AUTH_REALM_PROBLEM):
-        return Prediction("containerd", False, f"{prefix}: ...", url, rule, unverified=True)
+        return Prediction(
+            "containerd", False, f"{prefix}: ...", url, rule, unverified=True
+        )
     return Prediction("containerd", True, "OK", url, rule)
 
 
-def _ctr_plain(report: Report, prefix: str, reference: str, manifests: str) -> Prediction:
+def _ctr_plain(
+    report: Report, prefix: str, reference: str, manifests: str
+) -> Prediction:
     target = report.target
     url = f"http://{target.authority}{manifests}"
-    rule = f"ctr speaks plain HTTP to {target.host} unless a hosts.toml sets server = \"https://{target.authority}\""
+    rule = f'ctr speaks plain HTTP to {target.host} unless a hosts.toml sets server = "https://{target.authority}"'
     verdict = report.verdict
     if verdict in (probe.REFUSED, probe.UNREACHABLE, probe.TIMEOUT):
         core = f'failed to do request: Head "{url}": {report.go_error}'
@@ -227,7 +288,9 @@ def _ctr_plain(report: Report, prefix: str, reference: str, manifests: str) -> P
             status = reply["status"]
             core = f"pulling from host {target.authority} failed with status code [manifests {report.tag}]: {status} {status_text(status)}"
             return Prediction("containerd", False, f"{prefix}: {core}", url, rule, core)
-        return Prediction("containerd", False, f"{prefix}: ...", url, rule, unverified=True)
+        return Prediction(
+            "containerd", False, f"{prefix}: ...", url, rule, unverified=True
+        )
     v2 = report.evidence.get("v2", {})
     if v2.get("is_registry"):
         if v2.get("status") == 401:

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Registry clients (docker, containerd, podman, skopeo) are Go programs that dial
 `https://HOST:PORT/v2/` first. Go's TLS client sends a ClientHello and reads the
-first 5-byte record header back; what comes back decides which error the user sees
+first 5-byte record header back. Those bytes decide which error the user sees
 (Go 1.19 `crypto/tls` `readRecordOrCCS` and `net/http` `send`):
 
 - `\\x16 \\x03 ..`: a TLS handshake record. The port speaks TLS, so the leaf
@@ -131,10 +131,12 @@ def parse_target(text: str) -> Target:
     value = text.strip()
     for scheme in ("https://", "http://"):
         if value.lower().startswith(scheme):
-            value = value[len(scheme):]
+            value = value[len(scheme) :]
     value = value.split("/", 1)[0]
     if not value:
-        raise GatewayError(f"Missing registry address in {text!r}: give HOST[:PORT], e.g. registry.local:5000.")
+        raise GatewayError(
+            f"Missing registry address in {text!r}: give HOST[:PORT], e.g. registry.local:5000."
+        )
     if value.startswith("["):
         host, _, rest = value[1:].partition("]")
         port_text = rest[1:] if rest.startswith(":") else ""
@@ -145,11 +147,15 @@ def parse_target(text: str) -> Target:
     else:
         host, port_text = value, ""
     if not host:
-        raise GatewayError(f"Missing host in {text!r}: give HOST[:PORT], e.g. registry.local:5000.")
+        raise GatewayError(
+            f"Missing host in {text!r}: give HOST[:PORT], e.g. registry.local:5000."
+        )
     if not port_text:
         return Target(host=host, port=DEFAULT_PORT, port_given=False)
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise GatewayError(f"Invalid port {port_text!r} in {text!r}: use a number from 1 to 65535.")
+        raise GatewayError(
+            f"Invalid port {port_text!r} in {text!r}: use a number from 1 to 65535."
+        )
     return Target(host=host, port=int(port_text))
 
 
@@ -167,7 +173,7 @@ class Step:
 
 @dataclass
 class Finding:
-    """A remark beyond the verdict: a prefix from STYLE (Error, Warning, Note) and a sentence."""
+    """A remark beyond the verdict: a level (Error, Warning or Note) and a sentence."""
 
     level: str
     text: str
@@ -184,7 +190,7 @@ class Fix:
 
 @dataclass
 class Options:
-    """What the user gave on the command line besides the target."""
+    """Command-line settings besides the target: trust, client selection, timeouts."""
 
     ca_files: list[Path] = field(default_factory=list)
     cert_dir: Path | None = None
@@ -218,7 +224,15 @@ class Report:
     def ok(self) -> bool:
         return bool(self.clients) and all(c.ok for c in self.clients)
 
-    def step(self, name: str, status: str, detail: str, timeout_s: float, started: float, go_error: str = "") -> Step:
+    def step(
+        self,
+        name: str,
+        status: str,
+        detail: str,
+        timeout_s: float,
+        started: float,
+        go_error: str = "",
+    ) -> Step:
         duration = round((time.monotonic() - started) * 1000, 1)
         step = Step(name, status, detail, timeout_s, duration, go_error)
         self.steps.append(step)

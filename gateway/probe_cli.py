@@ -15,7 +15,11 @@ from gateway import probe
 
 DOCKER_CERTS_DIR = Path("/etc/docker/certs.d")
 CLIENT_CHOICES = ("docker", "containerd", "podman", "all")
-CLIENT_LABELS = {"docker": "docker", "containerd": "containerd/ctr", "podman": "podman/skopeo"}
+CLIENT_LABELS = {
+    "docker": "docker",
+    "containerd": "containerd/ctr",
+    "podman": "podman/skopeo",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,21 +31,77 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "what answers, and print each client's exact error and the fix."
         ),
     )
-    parser.add_argument("target", nargs="?", metavar="HOST[:PORT]", help="the registry as written in the image reference")
-    parser.add_argument("--ca", action="append", type=Path, default=[], metavar="FILE", help="a CA certificate the clients trust; repeat for more")
     parser.add_argument(
-        "--cert-dir", type=Path, default=None, metavar="DIR",
+        "target",
+        nargs="?",
+        metavar="HOST[:PORT]",
+        help="the registry as written in the image reference",
+    )
+    parser.add_argument(
+        "--ca",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="a CA certificate the clients trust; repeat for more",
+    )
+    parser.add_argument(
+        "--cert-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help=f"certs.d root whose HOST:PORT folder holds trusted *.crt files (default {DOCKER_CERTS_DIR})",
     )
-    parser.add_argument("--client", choices=CLIENT_CHOICES, default="all", help="which client's answer to show (default all)")
-    parser.add_argument("--image", metavar="REPO[:TAG]", help="the image the predicted messages name (default <repo>:<tag>)")
-    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="timeout of each step, in seconds (default 5)")
-    parser.add_argument("--no-system-trust", action="store_true", help="ignore the system CA store, as a minimal client image would")
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON object (fields in docs/probe.md)")
-    parser.add_argument("--explain", metavar="TEXT", help="recognise a pasted client error ('-' reads standard input), then probe its host")
-    parser.add_argument("--local", metavar="HOST[:PORT]", help="audit this machine's docker config for the registry instead of connecting")
-    parser.add_argument("--daemon-json", type=Path, metavar="FILE", help="daemon.json for --local (default: this platform's)")
-    parser.add_argument("--hosts-file", type=Path, metavar="FILE", help="hosts file for --local (default /etc/hosts)")
+    parser.add_argument(
+        "--client",
+        choices=CLIENT_CHOICES,
+        default="all",
+        help="which client's outcome to show (default all)",
+    )
+    parser.add_argument(
+        "--image",
+        metavar="REPO[:TAG]",
+        help="the image the predicted messages name (default <repo>:<tag>)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="timeout of each step, in seconds (default 5)",
+    )
+    parser.add_argument(
+        "--no-system-trust",
+        action="store_true",
+        help="ignore the system CA store, as a minimal client image would",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the report as one JSON object (fields in docs/probe.md)",
+    )
+    parser.add_argument(
+        "--explain",
+        metavar="TEXT",
+        help="recognise a pasted client error ('-' reads standard input), then probe its host",
+    )
+    parser.add_argument(
+        "--local",
+        metavar="HOST[:PORT]",
+        help="audit this machine's docker config for the registry instead of connecting",
+    )
+    parser.add_argument(
+        "--daemon-json",
+        type=Path,
+        metavar="FILE",
+        help="daemon.json for --local (default: this platform's)",
+    )
+    parser.add_argument(
+        "--hosts-file",
+        type=Path,
+        metavar="FILE",
+        help="hosts file for --local (default /etc/hosts)",
+    )
     parser.set_defaults(func=run, parser=parser)
 
 
@@ -73,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
     if args.local is not None:
         return run_local(args)
     if not args.target:
-        args.parser.error("give HOST[:PORT] to probe, or --explain TEXT, or --local HOST[:PORT]")
+        args.parser.error(
+            "give HOST[:PORT] to probe, or --explain TEXT, or --local HOST[:PORT]"
+        )
     report = probe.run(probe.parse_target(args.target), options_from(args))
     emit(report, args.json)
     return 0 if report.ok else 1
@@ -102,17 +164,30 @@ def emit(report: probe.Report, as_json: bool, extra: dict | None = None) -> None
 
 
 def render(report: probe.Report) -> str:
-    """The human-readable report: verdict, evidence by step, each client's line, fixes."""
+    """Format the report for people: verdict, evidence by step, each client's line, fixes."""
     title = probe.VERDICT_TITLES[report.verdict]
     lines = [f"{report.target.authority}: {title}", f"  {report.summary}", "", "Steps:"]
     for step in report.steps:
-        lines.append(f"  {step.name:<10} {step.status:<7} {step.duration_ms:>7.1f} ms  {step.detail}")
+        lines.append(
+            f"  {step.name:<10} {step.status:<7} {step.duration_ms:>7.1f} ms  {step.detail}"
+        )
     leaf = (report.evidence.get("certificates") or [None])[0]
     if leaf:
-        lines += ["", "Certificate:", f"  subject {leaf['subject']}", f"  issuer  {leaf['issuer']}"]
-        lines.append(f"  SANs    DNS {leaf['dns_sans'] or '-'}, IP {leaf['ip_sans'] or '-'}")
-        lines.append(f"  valid   {leaf['not_before']} to {leaf['not_after']} (clock {report.evidence.get('clock_utc')})")
-        lines.append(f"  sent    {len(report.evidence['certificates'])} certificate(s); trusted: {', '.join(report.evidence.get('trust_sources', [])) or 'none'}")
+        lines += [
+            "",
+            "Certificate:",
+            f"  subject {leaf['subject']}",
+            f"  issuer  {leaf['issuer']}",
+        ]
+        lines.append(
+            f"  SANs    DNS {leaf['dns_sans'] or '-'}, IP {leaf['ip_sans'] or '-'}"
+        )
+        lines.append(
+            f"  valid   {leaf['not_before']} to {leaf['not_after']} (clock {report.evidence.get('clock_utc')})"
+        )
+        lines.append(
+            f"  sent    {len(report.evidence['certificates'])} certificate(s); trusted: {', '.join(report.evidence.get('trust_sources', [])) or 'none'}"
+        )
     lines += ["", "What each client prints:"]
     for prediction in report.clients:
         label = CLIENT_LABELS[prediction.client]

@@ -22,7 +22,9 @@ MAX_BODY = 65536
 API_VERSION_HEADER = "Docker-Distribution-Api-Version"
 GO_TLS_PLAIN_REPLY = "Client sent an HTTP request to an HTTPS server."
 NGINX_PLAIN_REPLY = "The plain HTTP request was sent to HTTPS port"
-CHALLENGE_PARAM = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+CHALLENGE_PARAM = re.compile(
+    r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))'
+)
 
 
 def parse_www_authenticate(value: str) -> tuple[str, dict[str, str]]:
@@ -31,11 +33,20 @@ def parse_www_authenticate(value: str) -> tuple[str, dict[str, str]]:
     params = {}
     for match in CHALLENGE_PARAM.finditer(rest):
         quoted, bare = match.group(2), match.group(3)
-        params[match.group(1).lower()] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
+        params[match.group(1).lower()] = (
+            re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
+        )
     return scheme.lower(), params
 
 
-def http_request(address: str, host: str, port: int, use_tls: bool, timeout: float, path: str = "/v2/") -> tuple[int, str, dict, bytes]:
+def http_request(
+    address: str,
+    host: str,
+    port: int,
+    use_tls: bool,
+    timeout: float,
+    path: str = "/v2/",
+) -> tuple[int, str, dict, bytes]:
     """Send one GET and return status, reason, headers (lower-case names) and up to MAX_BODY bytes."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -44,7 +55,9 @@ def http_request(address: str, host: str, port: int, use_tls: bool, timeout: flo
         sock.connect((address, port))
         if use_tls:
             server_name = None if probe.is_ip(host) else host
-            sock = probe_tls.client_hello_context().wrap_socket(sock, server_hostname=server_name)
+            sock = probe_tls.client_hello_context().wrap_socket(
+                sock, server_hostname=server_name
+            )
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {join_host_port(host, port)}\r\n"
             "User-Agent: registry-gateway-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n"
@@ -63,8 +76,14 @@ def looks_like(headers: dict, body: bytes) -> str:
     """A short description of a non-registry answer: an HTML page, JSON, text."""
     content_type = headers.get("content-type", "")
     server = headers.get("server", "")
-    kind = "an HTML page" if "html" in content_type or body.lstrip()[:1] == b"<" else (
-        "a JSON document" if "json" in content_type else f"a {content_type or 'untyped'} body"
+    kind = (
+        "an HTML page"
+        if "html" in content_type or body.lstrip()[:1] == b"<"
+        else (
+            "a JSON document"
+            if "json" in content_type
+            else f"a {content_type or 'untyped'} body"
+        )
     )
     return kind + (f" from {server!r}" if server else "")
 
@@ -76,9 +95,13 @@ def get_v2(report: Report, address: str, use_tls: bool, options: probe.Options) 
     scheme = "https" if use_tls else "http"
     url = f"{scheme}://{target.authority}/v2/"
     try:
-        status, reason, headers, body = http_request(address, target.host, target.port, use_tls, options.timeout)
+        status, reason, headers, body = http_request(
+            address, target.host, target.port, use_tls, options.timeout
+        )
     except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
-        report.step("v2", "failed", f"GET {url} failed: {exc}.", options.timeout, started)
+        report.step(
+            "v2", "failed", f"GET {url} failed: {exc}.", options.timeout, started
+        )
         report.evidence["v2"] = {"url": url, "error": str(exc)}
         return
 
@@ -101,7 +124,9 @@ def get_v2(report: Report, address: str, use_tls: bool, options: probe.Options) 
     else:
         detail = f"GET {url} returned {status} {reason} and {looks_like(headers, body)}, without {API_VERSION_HEADER}."
         v2["looks_like"] = looks_like(headers, body)
-    report.step("v2", "ok" if is_registry else "failed", detail, options.timeout, started)
+    report.step(
+        "v2", "ok" if is_registry else "failed", detail, options.timeout, started
+    )
     if status == 401 and v2["www_authenticate"]:
         check_realm(report, v2["www_authenticate"], options)
 
@@ -111,10 +136,15 @@ def plain_http_on_tls_port(report: Report, address: str, timeout: float) -> None
     target = report.target
     started = time.monotonic()
     try:
-        status, reason, headers, body = http_request(address, target.host, target.port, False, timeout)
+        status, reason, headers, body = http_request(
+            address, target.host, target.port, False, timeout
+        )
     except (OSError, http.client.HTTPException) as exc:
         detail = f"Plain HTTP to the TLS port got no HTTP reply ({exc or type(exc).__name__})."
-        report.evidence["plain_http_reply"] = {"server": "unknown", "error": str(exc) or type(exc).__name__}
+        report.evidence["plain_http_reply"] = {
+            "server": "unknown",
+            "error": str(exc) or type(exc).__name__,
+        }
         report.step("plain-http", "ok", detail, timeout, started)
         return
     text = body.decode("utf-8", "replace")
@@ -124,9 +154,24 @@ def plain_http_on_tls_port(report: Report, address: str, timeout: float) -> None
         server = "nginx"
     else:
         server = "other"
-    report.evidence["plain_http_reply"] = {"server": server, "status": status, "reason": reason, "body": text[:200]}
-    names = {"go": "a Go TLS server (such as the distribution registry)", "nginx": "nginx", "other": "a server"}
-    report.step("plain-http", "ok", f"Plain HTTP to the TLS port got {status} {reason} from {names[server]}: {text.strip()[:80]!r}.", timeout, started)
+    report.evidence["plain_http_reply"] = {
+        "server": server,
+        "status": status,
+        "reason": reason,
+        "body": text[:200],
+    }
+    names = {
+        "go": "a Go TLS server (such as the distribution registry)",
+        "nginx": "nginx",
+        "other": "a server",
+    }
+    report.step(
+        "plain-http",
+        "ok",
+        f"Plain HTTP to the TLS port got {status} {reason} from {names[server]}: {text.strip()[:80]!r}.",
+        timeout,
+        started,
+    )
 
 
 def check_realm(report: Report, challenge: str, options: probe.Options) -> None:
@@ -146,7 +191,9 @@ def check_realm(report: Report, challenge: str, options: probe.Options) -> None:
         port_given=realm.port is not None,
     )
     auth["realm_authority"] = realm_target.authority
-    auth["token_url"] = token_url(params["realm"], params.get("service", ""), options.repository)
+    auth["token_url"] = token_url(
+        params["realm"], params.get("service", ""), options.repository
+    )
     auth["realm_scheme"] = realm.scheme
     sub = probe.Report(target=realm_target)
     addresses = probe_net.resolve(sub, options.timeout)
@@ -162,14 +209,30 @@ def check_realm(report: Report, challenge: str, options: probe.Options) -> None:
     else:
         result = probe_tls.probe_transport(sub, sock, options)
         auth["realm_transport"] = result.kind
-        auth["realm_go_error"] = sub.steps[-1].go_error if result.kind != "tls-handshake" else sub.evidence.get("cert_go_error", "")
+        auth["realm_go_error"] = (
+            sub.steps[-1].go_error
+            if result.kind != "tls-handshake"
+            else sub.evidence.get("cert_go_error", "")
+        )
         if result.kind == "tls-handshake":
             auth["realm_cert_verdict"] = sub.evidence.get("cert_verdict", "")
-    if auth["realm_transport"] in ("tls-handshake", "plain-http-url") and not auth.get("realm_go_error"):
+    if auth["realm_transport"] in ("tls-handshake", "plain-http-url") and not auth.get(
+        "realm_go_error"
+    ):
         fetch_token(auth, realm_target, addresses[0], options)
     status = "ok" if auth.get("realm_status") == 200 else "failed"
-    outcome = auth.get("realm_go_error") or f"token endpoint returned {auth.get('realm_status')}"
-    report.step("realm", status, f"Token realm {params['realm']}: {outcome}.", options.timeout, started, auth.get("realm_go_error", ""))
+    outcome = (
+        auth.get("realm_go_error")
+        or f"token endpoint returned {auth.get('realm_status')}"
+    )
+    report.step(
+        "realm",
+        status,
+        f"Token realm {params['realm']}: {outcome}.",
+        options.timeout,
+        started,
+        auth.get("realm_go_error", ""),
+    )
 
 
 def token_url(realm: str, service: str, repository: str) -> str:
@@ -180,14 +243,21 @@ def token_url(realm: str, service: str, repository: str) -> str:
     return f"{realm}?{query}"
 
 
-def fetch_token(auth: dict, realm_target: probe.Target, address: str, options: probe.Options) -> None:
+def fetch_token(
+    auth: dict, realm_target: probe.Target, address: str, options: probe.Options
+) -> None:
     """GET the token endpoint anonymously, as a pull without credentials does."""
     url = auth["token_url"]
     split = urllib.parse.urlsplit(url)
     path = split.path + "?" + split.query
     try:
         status, _reason, _headers, _body = http_request(
-            address, realm_target.host, realm_target.port, split.scheme == "https", options.timeout, path
+            address,
+            realm_target.host,
+            realm_target.port,
+            split.scheme == "https",
+            options.timeout,
+            path,
         )
     except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
         auth["realm_go_error"] = str(exc)

@@ -1,6 +1,6 @@
 """`probe --local HOST[:PORT]`: audit this client machine's Docker config for one registry.
 
-Reads daemon.json, the certs.d folder and the hosts file, says whether dockerd
+Reads daemon.json, the certs.d folder and the hosts file, reports whether dockerd
 treats the registry as insecure and flags the mistakes that silently break it.
 The matching rules follow moby's `loadInsecureRegistries` and `isSecureIndex`
 as dockerd 20.10.24 behaves here: an exact, case-sensitive `host[:port]` match,
@@ -23,13 +23,19 @@ from gateway import probe, probe_net
 
 INSECURE_KEY = "insecure-registries"
 # A few daemon.json keys users confuse with the right one.
-NEAR_MISS_KEYS = ("insecure-registry", "insecure_registries", "insecureRegistries", "insecure-registeries", "insecure-registers")
+NEAR_MISS_KEYS = (
+    "insecure-registry",
+    "insecure_registries",
+    "insecureRegistries",
+    "insecure-registeries",
+    "insecure-registers",
+)
 IMPLICIT_CIDR = "127.0.0.0/8"
 
 
 @dataclass
 class LocalAudit:
-    """What this machine's Docker config means for one registry, with each finding."""
+    """The outcome of this machine's Docker config for one registry, with each finding."""
 
     target: str
     daemon_json: str
@@ -56,21 +62,33 @@ class LocalAudit:
 
 
 def default_daemon_json() -> Path:
-    """Where dockerd reads daemon.json on this platform (moby daemon/command defaults)."""
+    """Return where dockerd reads daemon.json on this platform (moby daemon/command defaults)."""
     if sys.platform == "win32":  # pragma: no cover - the tests run on Linux
-        return Path(os.environ.get("ProgramData", r"C:\ProgramData")) / "docker" / "config" / "daemon.json"
+        return (
+            Path(os.environ.get("ProgramData", r"C:\ProgramData"))
+            / "docker"
+            / "config"
+            / "daemon.json"
+        )
     if os.geteuid() != 0:
         config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
         return Path(config_home) / "docker" / "daemon.json"
     return Path("/etc/docker/daemon.json")
 
 
-def audit(target: probe.Target, daemon_json: Path | None = None, certs_dir: Path | None = None, hosts_file: Path | None = None) -> LocalAudit:
+def audit(
+    target: probe.Target,
+    daemon_json: Path | None = None,
+    certs_dir: Path | None = None,
+    hosts_file: Path | None = None,
+) -> LocalAudit:
     """Run every local check for `target` and return the audit."""
     daemon_json = daemon_json or default_daemon_json()
     certs_dir = certs_dir or Path("/etc/docker/certs.d")
     hosts_file = hosts_file or probe_net.HOSTS_FILE
-    result = LocalAudit(target.reference, str(daemon_json), str(certs_dir), str(hosts_file))
+    result = LocalAudit(
+        target.reference, str(daemon_json), str(certs_dir), str(hosts_file)
+    )
     check_hosts(result, target, hosts_file)
     entries = read_daemon_json(result, daemon_json)
     result.entries = entries
@@ -84,7 +102,10 @@ def check_hosts(result: LocalAudit, target: probe.Target, hosts_file: Path) -> N
         return
     result.hosts_addresses = probe_net.hosts_file_addresses(target.host, hosts_file)
     if result.hosts_addresses:
-        result.add("Note", f"The hosts file {str(hosts_file)!r} maps {target.host} to {', '.join(result.hosts_addresses)}; dockerd resolves the name the same way only if it reads the same file.")
+        result.add(
+            "Note",
+            f"The hosts file {str(hosts_file)!r} maps {target.host} to {', '.join(result.hosts_addresses)}; dockerd resolves the name the same way only if it reads the same file.",
+        )
 
 
 def read_daemon_json(result: LocalAudit, path: Path) -> list[str]:
@@ -92,7 +113,10 @@ def read_daemon_json(result: LocalAudit, path: Path) -> list[str]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        result.add("Note", f"There is no {str(path)!r}, so dockerd uses its defaults: only {IMPLICIT_CIDR} is insecure.")
+        result.add(
+            "Note",
+            f"There is no {str(path)!r}, so dockerd uses its defaults: only {IMPLICIT_CIDR} is insecure.",
+        )
         return []
     except OSError as exc:
         result.add("Error", f"Cannot read {str(path)!r}: {exc.strerror}.")
@@ -100,21 +124,39 @@ def read_daemon_json(result: LocalAudit, path: Path) -> list[str]:
     try:
         config = json.loads(text)
     except json.JSONDecodeError as exc:
-        result.add("Error", f"{str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}; dockerd refuses to start with it. Fix the file, then check it with `dockerd --validate --config-file {path}`.")
+        result.add(
+            "Error",
+            f"{str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}; dockerd does not start with it. Fix the file, then check it with `dockerd --validate --config-file {path}`.",
+        )
         return []
     if not isinstance(config, dict):
-        result.add("Error", f"{str(path)!r} must contain one JSON object, not {type(config).__name__}; dockerd refuses to start with it.")
+        result.add(
+            "Error",
+            f"{str(path)!r} must contain one JSON object, not {type(config).__name__}; dockerd does not start with it.",
+        )
         return []
 
     for key in config:
-        if key != INSECURE_KEY and (key in NEAR_MISS_KEYS or difflib.get_close_matches(key, [INSECURE_KEY], n=1, cutoff=0.85)):
-            result.add("Error", f"{str(path)!r} has the key {key!r}, which dockerd does not read as {INSECURE_KEY!r}: rename it to \"{INSECURE_KEY}\" (plural, a JSON list) and restart dockerd.")
+        if key != INSECURE_KEY and (
+            key in NEAR_MISS_KEYS
+            or difflib.get_close_matches(key, [INSECURE_KEY], n=1, cutoff=0.85)
+        ):
+            result.add(
+                "Error",
+                f'{str(path)!r} has the key {key!r}, which dockerd does not read as {INSECURE_KEY!r}: rename it to "{INSECURE_KEY}" (plural, a JSON list) and restart dockerd.',
+            )
     value = config.get(INSECURE_KEY, [])
     if isinstance(value, str):
-        result.add("Error", f"{INSECURE_KEY} in {str(path)!r} is the string {value!r}, not a list; dockerd refuses to start. Write \"{INSECURE_KEY}\": [{json.dumps(value.strip())}].")
+        result.add(
+            "Error",
+            f'{INSECURE_KEY} in {str(path)!r} is the string {value!r}, not a list; dockerd does not start. Write "{INSECURE_KEY}": [{json.dumps(value.strip())}].',
+        )
         return []
     if not isinstance(value, list):
-        result.add("Error", f"{INSECURE_KEY} in {str(path)!r} must be a JSON list of strings; dockerd refuses to start.")
+        result.add(
+            "Error",
+            f"{INSECURE_KEY} in {str(path)!r} must be a JSON list of strings; dockerd does not start.",
+        )
         return []
     return [str(entry) for entry in value]
 
@@ -123,20 +165,35 @@ def normalise_entry(result: LocalAudit, entry: str) -> str | None:
     """Return the entry as dockerd stores it, or None when dockerd rejects it."""
     value = entry
     if value != value.strip():
-        result.add("Warning", f"The entry {entry!r} has spaces around it, which dockerd does not trim; write {value.strip()!r}.")
+        result.add(
+            "Warning",
+            f"The entry {entry!r} has spaces around it, which dockerd does not trim; write {value.strip()!r}.",
+        )
         value = value.strip()
     for scheme in ("http://", "https://"):
         if value.lower().startswith(scheme):
-            result.add("Warning", f"The entry {entry!r} contains {scheme!r}; dockerd strips it with a warning. Write {value[len(scheme):]!r}.")
-            value = value[len(scheme):]
+            result.add(
+                "Warning",
+                f"The entry {entry!r} contains {scheme!r}; dockerd strips it with a warning. Write {value[len(scheme) :]!r}.",
+            )
+            value = value[len(scheme) :]
     if "://" in value:
-        result.add("Error", f"The entry {entry!r} has a scheme dockerd rejects; write only host:port.")
+        result.add(
+            "Error",
+            f"The entry {entry!r} has a scheme dockerd rejects; write only host:port.",
+        )
         return None
     if "/" in value and not _is_cidr(value):
-        result.add("Error", f"The entry {entry!r} contains a path or a trailing '/', so dockerd refuses to start; write {value.split('/', 1)[0]!r}.")
+        result.add(
+            "Error",
+            f"The entry {entry!r} contains a path or a trailing '/', so dockerd does not start; write {value.split('/', 1)[0]!r}.",
+        )
         return None
     if "*" in value:
-        result.add("Error", f"The entry {entry!r} is a wildcard, which dockerd rejects at start-up; list each host:port, or a CIDR.")
+        result.add(
+            "Error",
+            f"The entry {entry!r} is a wildcard, which dockerd rejects at start-up; list each host:port, or a CIDR.",
+        )
         return None
     return value
 
@@ -153,12 +210,21 @@ def resolved_addresses(target: probe.Target) -> list[str]:
     if probe.is_ip(target.host):
         return [target.host]
     try:
-        return sorted({info[4][0] for info in socket.getaddrinfo(target.host, None, type=socket.SOCK_STREAM)})
+        return sorted(
+            {
+                info[4][0]
+                for info in socket.getaddrinfo(
+                    target.host, None, type=socket.SOCK_STREAM
+                )
+            }
+        )
     except socket.gaierror:
         return []
 
 
-def match_insecure(result: LocalAudit, target: probe.Target, entries: list[str]) -> None:
+def match_insecure(
+    result: LocalAudit, target: probe.Target, entries: list[str]
+) -> None:
     """Decide whether dockerd treats the target as insecure and explain near misses."""
     reference = target.reference
     addresses = resolved_addresses(target)
@@ -171,7 +237,10 @@ def match_insecure(result: LocalAudit, target: probe.Target, entries: list[str])
             cidrs.append(value)
             continue
         if value == reference:
-            result.insecure, result.insecure_reason = True, f"the entry {value!r} matches exactly"
+            result.insecure, result.insecure_reason = (
+                True,
+                f"the entry {value!r} matches exactly",
+            )
             continue
         _near_miss(result, target, value)
     if result.insecure:
@@ -180,21 +249,42 @@ def match_insecure(result: LocalAudit, target: probe.Target, entries: list[str])
         network = ipaddress.ip_network(cidr, strict=False)
         inside = [a for a in addresses if ipaddress.ip_address(a) in network]
         if inside:
-            implicit = " (dockerd adds it to every configuration)" if cidr == IMPLICIT_CIDR else ""
-            result.insecure, result.insecure_reason = True, f"{', '.join(inside)} lies in {cidr}{implicit}"
+            implicit = (
+                " (dockerd adds it to every configuration)"
+                if cidr == IMPLICIT_CIDR
+                else ""
+            )
+            result.insecure, result.insecure_reason = (
+                True,
+                f"{', '.join(inside)} lies in {cidr}{implicit}",
+            )
             return
-    result.add("Note", f"This dockerd treats {reference} as secure: verified HTTPS only. To allow plain HTTP, run `registry-gateway snippet docker {reference} --insecure` and restart dockerd (or send it SIGHUP).")
+    result.add(
+        "Note",
+        f"This dockerd treats {reference} as secure: verified HTTPS only. To allow plain HTTP, run `registry-gateway snippet docker {reference} --insecure` and restart dockerd (or send it SIGHUP).",
+    )
 
 
 def _near_miss(result: LocalAudit, target: probe.Target, value: str) -> None:
     reference = target.reference
-    host, _, port = value.rpartition(":") if re.search(r":\d+$", value) else (value, "", "")
+    host, _, port = (
+        value.rpartition(":") if re.search(r":\d+$", value) else (value, "", "")
+    )
     if value.lower() == reference.lower():
-        result.add("Warning", f"The entry {value!r} differs from {reference!r} only in case; dockerd matches case-sensitively, so write {reference!r}.")
+        result.add(
+            "Warning",
+            f"The entry {value!r} differs from {reference!r} only in case; dockerd matches case-sensitively, so write {reference!r}.",
+        )
     elif host.lower() == target.host.lower() and port and target.port_given:
-        result.add("Warning", f"The entry {value!r} has port {port}, but the image reference uses {reference!r}; the ports must match.")
+        result.add(
+            "Warning",
+            f"The entry {value!r} has port {port}, but the image reference uses {reference!r}; the ports must match.",
+        )
     elif value.lower() == target.host.lower() and target.port_given:
-        result.add("Warning", f"The entry {value!r} has no port, so it does not cover {reference!r}; write {reference!r}.")
+        result.add(
+            "Warning",
+            f"The entry {value!r} has no port, so it does not cover {reference!r}; write {reference!r}.",
+        )
 
 
 def check_certs_dir(result: LocalAudit, target: probe.Target, root: Path) -> None:
@@ -202,24 +292,51 @@ def check_certs_dir(result: LocalAudit, target: probe.Target, root: Path) -> Non
     folder = root / target.reference
     if folder.is_dir():
         files = sorted(p.name for p in folder.iterdir())
-        result.ca_files = [str(folder / name) for name in files if name.endswith(".crt")]
+        result.ca_files = [
+            str(folder / name) for name in files if name.endswith(".crt")
+        ]
         for name in files:
-            if name.endswith((".pem", ".cer", ".cert")) and not (name.endswith(".cert") and (folder / (name[:-5] + ".key")).exists()):
-                result.add("Warning", f"{str(folder / name)!r} is not read as a CA: docker reads only *.crt files. Rename it to {str(folder / 'ca.crt')!r}.")
+            if name.endswith((".pem", ".cer", ".cert")) and not (
+                name.endswith(".cert") and (folder / (name[:-5] + ".key")).exists()
+            ):
+                result.add(
+                    "Warning",
+                    f"{str(folder / name)!r} is not read as a CA: docker reads only *.crt files. Rename it to {str(folder / 'ca.crt')!r}.",
+                )
             if name.endswith(".key") and not (folder / (name[:-4] + ".cert")).exists():
-                result.add("Error", f"The key {str(folder / name)!r} has no {name[:-4] + '.cert'!r} beside it; docker fails with \"missing client certificate\".")
+                result.add(
+                    "Error",
+                    f'The key {str(folder / name)!r} has no {name[:-4] + ".cert"!r} beside it; docker fails with "missing client certificate".',
+                )
         if result.ca_files and result.insecure:
-            result.add("Note", f"dockerd does not load {str(folder)!r} for an insecure registry: it skips certificate checks altogether.")
+            result.add(
+                "Note",
+                f"dockerd does not load {str(folder)!r} for an insecure registry: it skips certificate checks altogether.",
+            )
     for near in (root / target.host, root / f"{target.host}{target.port}"):
         if target.port_given and near != folder and near.is_dir():
-            kind = "without the port" if near.name == target.host else "without the colon (the Windows form)"
-            result.add("Warning", f"The folder {str(near)!r} is named {kind}; docker on Linux reads only {str(folder)!r}.")
+            kind = (
+                "without the port"
+                if near.name == target.host
+                else "without the colon (the Windows form)"
+            )
+            result.add(
+                "Warning",
+                f"The folder {str(near)!r} is named {kind}; docker on Linux reads only {str(folder)!r}.",
+            )
     if not result.ca_files and not result.insecure:
-        result.add("Note", f"No CA for {target.reference} in {str(folder)!r}; docker trusts only the system store for it.")
+        result.add(
+            "Note",
+            f"No CA for {target.reference} in {str(folder)!r}; docker trusts only the system store for it.",
+        )
 
 
 def render(result: LocalAudit) -> str:
-    state = f"insecure ({result.insecure_reason})" if result.insecure else "secure (verified HTTPS only)"
+    state = (
+        f"insecure ({result.insecure_reason})"
+        if result.insecure
+        else "secure (verified HTTPS only)"
+    )
     lines = [
         f"{result.target}: this dockerd treats it as {state}.",
         f"  daemon.json  {result.daemon_json}; insecure-registries: {result.entries or '[]'}",

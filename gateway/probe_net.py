@@ -34,7 +34,7 @@ def hosts_file_addresses(name: str, hosts_file: Path = HOSTS_FILE) -> list[str]:
 
 
 def first_nameserver(resolv_conf: Path = RESOLV_CONF) -> str:
-    """The resolver Go names in lookup errors: the first `nameserver`, with port 53."""
+    """Return the resolver Go names in lookup errors: the first `nameserver`, port 53."""
     try:
         for line in resolv_conf.read_text(errors="replace").splitlines():
             fields = line.split()
@@ -47,11 +47,17 @@ def first_nameserver(resolv_conf: Path = RESOLV_CONF) -> str:
 
 
 def resolve(report: Report, timeout: float) -> list[str]:
-    """Step 1: every address of the target, and whether the hosts file or DNS gave it."""
+    """Step 1: resolve every address of the target and record whether the hosts file or DNS gave it."""
     target = report.target
     started = time.monotonic()
     if is_ip(target.host):
-        report.step("resolve", "ok", f"{target.host} is an IP address; nothing to resolve.", timeout, started)
+        report.step(
+            "resolve",
+            "ok",
+            f"{target.host} is an IP address; nothing to resolve.",
+            timeout,
+            started,
+        )
         report.evidence["addresses"] = [target.host]
         return [target.host]
 
@@ -61,10 +67,22 @@ def resolve(report: Report, timeout: float) -> list[str]:
         # system resolver's own timeout (resolv.conf `options timeout`) applies.
         infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        go_error = f"dial tcp: lookup {target.host} on {first_nameserver()}: no such host"
-        if exc.errno not in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+        go_error = (
+            f"dial tcp: lookup {target.host} on {first_nameserver()}: no such host"
+        )
+        if exc.errno not in (
+            socket.EAI_NONAME,
+            getattr(socket, "EAI_NODATA", socket.EAI_NONAME),
+        ):
             go_error = f"dial tcp: lookup {target.host} on {first_nameserver()}: server misbehaving"
-        report.step("resolve", "failed", f"The name {target.host!r} does not resolve: {exc.strerror}.", timeout, started, go_error)
+        report.step(
+            "resolve",
+            "failed",
+            f"The name {target.host!r} does not resolve: {exc.strerror}.",
+            timeout,
+            started,
+            go_error,
+        )
         report.evidence["addresses"] = []
         return []
 
@@ -89,7 +107,9 @@ def connect_error_text(code: int | None) -> str:
     return text[:1].lower() + text[1:]
 
 
-def connect(report: Report, addresses: list[str], timeout: float) -> tuple[socket.socket | None, str]:
+def connect(
+    report: Report, addresses: list[str], timeout: float
+) -> tuple[socket.socket | None, str]:
     """Step 2: connect to each address in order; return the first socket that connects."""
     target = report.target
     started = time.monotonic()
@@ -109,9 +129,14 @@ def connect(report: Report, addresses: list[str], timeout: float) -> tuple[socke
         else:
             detail = f"Connected to {join_host_port(address, target.port)}."
             if errors:
-                detail += " Failed first: " + ", ".join(
-                    f"{join_host_port(a, target.port)} ({connect_error_text(e)})" for a, e in errors
-                ) + "."
+                detail += (
+                    " Failed first: "
+                    + ", ".join(
+                        f"{join_host_port(a, target.port)} ({connect_error_text(e)})"
+                        for a, e in errors
+                    )
+                    + "."
+                )
             report.step("connect", "ok", detail, timeout, started)
             return sock, address
 
@@ -125,6 +150,15 @@ def connect(report: Report, addresses: list[str], timeout: float) -> tuple[socke
         go_error = f"dial tcp {dialled}: connect: {connect_error_text(code)}"
         outcome = {errno.ECONNREFUSED: "refused"}.get(code, "unreachable")
     report.evidence["connect"] = outcome
-    detail = "; ".join(f"{join_host_port(a, target.port)}: {connect_error_text(e)}" for a, e in errors)
-    report.step("connect", "failed", f"No address accepted a TCP connection ({detail}).", timeout, started, go_error)
+    detail = "; ".join(
+        f"{join_host_port(a, target.port)}: {connect_error_text(e)}" for a, e in errors
+    )
+    report.step(
+        "connect",
+        "failed",
+        f"No address accepted a TCP connection ({detail}).",
+        timeout,
+        started,
+        go_error,
+    )
     return None, ""

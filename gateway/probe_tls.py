@@ -1,7 +1,7 @@
 """Probe step 3: send a real ClientHello, classify the first bytes, capture the chain.
 
 The ClientHello comes from Python's `ssl` module through a memory BIO, so the
-probe sees the raw bytes the server sends back before any TLS library interprets
+probe reads the raw bytes the server sends back before any TLS library interprets
 them. The classification mirrors Go 1.19 `crypto/tls` (`readRecordOrCCS`) and
 `net/http` (`send`), which decide the error every registry client prints.
 """
@@ -53,7 +53,7 @@ ALERT_TEXTS = {
 
 @dataclass
 class FirstBytes:
-    """What the first bytes back from a ClientHello mean, and what Go prints for them."""
+    """The meaning of the first bytes back from a ClientHello, and Go's error for them."""
 
     kind: str  # tls-handshake, tls-alert, http, plaintext, closed, silence, reset
     go_error: str
@@ -72,42 +72,89 @@ class TLSResult:
 
 
 def preview_bytes(data: bytes, limit: int = 48) -> str:
-    """A printable rendering of the first bytes, like Python's bytes repr without b''."""
+    """Render the first bytes printably, like Python's bytes repr without the b''."""
     return repr(data[:limit])[2:-1]
 
 
-def classify_first_bytes(data: bytes, closed: bool = False, timed_out: bool = False, reset: bool = False) -> FirstBytes:
+def classify_first_bytes(
+    data: bytes, closed: bool = False, timed_out: bool = False, reset: bool = False
+) -> FirstBytes:
     """Classify the server's first bytes after a ClientHello, as Go's TLS client would."""
     shown = preview_bytes(data)
     if not data:
         if reset:
-            return FirstBytes("reset", "read: connection reset by peer", "The server reset the connection without sending a byte.")
+            return FirstBytes(
+                "reset",
+                "read: connection reset by peer",
+                "The server reset the connection without sending a byte.",
+            )
         if timed_out:
-            return FirstBytes("silence", "net/http: TLS handshake timeout", "The server sent nothing back within the timeout.")
-        return FirstBytes("closed", "EOF", "The server closed the connection without sending a byte.")
+            return FirstBytes(
+                "silence",
+                "net/http: TLS handshake timeout",
+                "The server sent nothing back within the timeout.",
+            )
+        return FirstBytes(
+            "closed", "EOF", "The server closed the connection without sending a byte."
+        )
     if len(data) < 5:
-        return FirstBytes("closed", "unexpected EOF", f"The server sent only {len(data)} bytes ({shown}) and closed.", shown)
+        return FirstBytes(
+            "closed",
+            "unexpected EOF",
+            f"The server sent only {len(data)} bytes ({shown}) and closed.",
+            shown,
+        )
 
     record_type = data[0]
     version = data[1] << 8 | data[2]
     length = data[3] << 8 | data[4]
     if record_type == 0x80:
-        return FirstBytes("plaintext", "tls: unsupported SSLv2 handshake received", f"The server answered with an SSLv2-style record ({shown}).", shown)
-    if record_type not in (RECORD_HANDSHAKE, RECORD_ALERT) or version >= MAX_PLAUSIBLE_VERSION:
+        return FirstBytes(
+            "plaintext",
+            "tls: unsupported SSLv2 handshake received",
+            f"The server answered with an SSLv2-style record ({shown}).",
+            shown,
+        )
+    if (
+        record_type not in (RECORD_HANDSHAKE, RECORD_ALERT)
+        or version >= MAX_PLAUSIBLE_VERSION
+    ):
         if data[:5] == b"HTTP/":
-            return FirstBytes("http", "http: server gave HTTP response to HTTPS client", f"The server answered the ClientHello in plain HTTP: {shown}", shown)
-        return FirstBytes("plaintext", "tls: first record does not look like a TLS handshake", f"The server answered with plaintext that is not HTTP: {shown}", shown)
+            return FirstBytes(
+                "http",
+                "http: server gave HTTP response to HTTPS client",
+                f"The server answered the ClientHello in plain HTTP: {shown}",
+                shown,
+            )
+        return FirstBytes(
+            "plaintext",
+            "tls: first record does not look like a TLS handshake",
+            f"The server answered with plaintext that is not HTTP: {shown}",
+            shown,
+        )
     if length > MAX_CIPHERTEXT:
-        return FirstBytes("plaintext", f"tls: oversized record received with length {length}", f"The first record claims {length} bytes, more than TLS allows.", shown)
+        return FirstBytes(
+            "plaintext",
+            f"tls: oversized record received with length {length}",
+            f"The first record claims {length} bytes, more than TLS allows.",
+            shown,
+        )
     if record_type == RECORD_ALERT:
         description = data[6] if len(data) >= 7 else -1
         text = ALERT_TEXTS.get(description, f"alert({description})")
-        return FirstBytes("tls-alert", f"remote error: tls: {text}", f"The server sent a TLS alert: {text}.", shown)
-    return FirstBytes("tls-handshake", "", "The server answered with a TLS handshake record.", shown)
+        return FirstBytes(
+            "tls-alert",
+            f"remote error: tls: {text}",
+            f"The server sent a TLS alert: {text}.",
+            shown,
+        )
+    return FirstBytes(
+        "tls-handshake", "", "The server answered with a TLS handshake record.", shown
+    )
 
 
 def client_hello_context() -> ssl.SSLContext:
-    """A client context that accepts any certificate: the checks happen in probe_verify."""
+    """Build a client context that accepts any certificate, because probe_verify checks it."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -145,7 +192,9 @@ def probe_transport(report: Report, sock: socket.socket, options: Options) -> TL
     deadline = started + options.timeout
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     server_name = None if target.is_ip else target.host
-    tls = client_hello_context().wrap_bio(incoming, outgoing, server_hostname=server_name)
+    tls = client_hello_context().wrap_bio(
+        incoming, outgoing, server_hostname=server_name
+    )
     try:
         try:
             tls.do_handshake()
@@ -157,11 +206,17 @@ def probe_transport(report: Report, sock: socket.socket, options: Options) -> TL
         report.evidence["first_bytes"] = first.preview or preview_bytes(data)
         report.evidence["first_bytes_kind"] = first.kind
         if first.kind != "tls-handshake":
-            report.step("tls", "failed", first.detail, options.timeout, started, first.go_error)
+            report.step(
+                "tls", "failed", first.detail, options.timeout, started, first.go_error
+            )
             if first.kind == "http":
-                report.evidence["http_status_line"] = data.split(b"\r\n", 1)[0].decode("latin-1")
+                report.evidence["http_status_line"] = data.split(b"\r\n", 1)[0].decode(
+                    "latin-1"
+                )
             return TLSResult(first.kind)
-        result = _finish_handshake(report, sock, tls, incoming, outgoing, data, deadline, started, options)
+        result = _finish_handshake(
+            report, sock, tls, incoming, outgoing, data, deadline, started, options
+        )
     finally:
         sock.close()
     if result.kind == "tls-handshake":
@@ -169,7 +224,9 @@ def probe_transport(report: Report, sock: socket.socket, options: Options) -> TL
     return result
 
 
-def _finish_handshake(report, sock, tls, incoming, outgoing, data, deadline, started, options) -> TLSResult:
+def _finish_handshake(
+    report, sock, tls, incoming, outgoing, data, deadline, started, options
+) -> TLSResult:
     incoming.write(data)
     for _ in range(MAX_HANDSHAKE_ROUNDS):
         try:
@@ -181,7 +238,14 @@ def _finish_handshake(report, sock, tls, incoming, outgoing, data, deadline, sta
                 sock.sendall(pending)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                report.step("tls", "failed", "The TLS handshake did not finish within the timeout.", options.timeout, started, "net/http: TLS handshake timeout")
+                report.step(
+                    "tls",
+                    "failed",
+                    "The TLS handshake did not finish within the timeout.",
+                    options.timeout,
+                    started,
+                    "net/http: TLS handshake timeout",
+                )
                 return TLSResult("silence")
             sock.settimeout(remaining)
             try:
@@ -189,16 +253,37 @@ def _finish_handshake(report, sock, tls, incoming, outgoing, data, deadline, sta
             except (socket.timeout, ConnectionResetError):
                 chunk = b""
             if not chunk:
-                report.step("tls", "failed", "The server closed the connection during the TLS handshake.", options.timeout, started, "EOF")
+                report.step(
+                    "tls",
+                    "failed",
+                    "The server closed the connection during the TLS handshake.",
+                    options.timeout,
+                    started,
+                    "EOF",
+                )
                 return TLSResult("closed")
             incoming.write(chunk)
         except ssl.SSLError as exc:
             text = _alert_text(exc)
-            report.step("tls", "failed", f"The TLS handshake failed: {exc.reason or exc}.", options.timeout, started, text)
+            report.step(
+                "tls",
+                "failed",
+                f"The TLS handshake failed: {exc.reason or exc}.",
+                options.timeout,
+                started,
+                text,
+            )
             report.evidence["tls_error"] = str(exc.reason or exc)
             return TLSResult("tls-alert")
     else:  # pragma: no cover - a handshake needs a handful of rounds, never twenty
-        report.step("tls", "failed", "The TLS handshake did not finish.", options.timeout, started, "net/http: TLS handshake timeout")
+        report.step(
+            "tls",
+            "failed",
+            "The TLS handshake did not finish.",
+            options.timeout,
+            started,
+            "net/http: TLS handshake timeout",
+        )
         return TLSResult("silence")
     pending = outgoing.read()
     if pending:
@@ -216,18 +301,23 @@ def _finish_handshake(report, sock, tls, incoming, outgoing, data, deadline, sta
     report.evidence["tls_version"] = version
     report.evidence["cipher"] = cipher
     report.evidence["alpn"] = tls.selected_alpn_protocol() or ""
-    detail = f"TLS handshake done: {version}, {cipher}, {len(chain)} certificate(s) sent."
+    detail = (
+        f"TLS handshake done: {version}, {cipher}, {len(chain)} certificate(s) sent."
+    )
     report.step("tls", "ok", detail, options.timeout, started)
     return TLSResult("tls-handshake", chain, version, cipher)
 
 
 def _alert_text(exc: ssl.SSLError) -> str:
-    """Go's `remote error: tls: ...` text for an alert that OpenSSL reports by reason."""
+    """Translate an OpenSSL alert reason into Go's `remote error: tls: ...` text."""
     reason = (exc.reason or "").upper()
-    prefix = "TLSV1_ALERT_" if reason.startswith("TLSV1_ALERT_") else "SSLV3_ALERT_"
-    name = reason.removeprefix(prefix).replace("_", " ").lower()
-    renames = {"unknown ca": "unknown certificate authority", "certificate unknown": "unknown certificate"}
-    if reason.startswith(("TLSV1_ALERT_", "SSLV3_ALERT_", "TLSV13_ALERT_")):
-        name = reason.split("ALERT_", 1)[1].replace("_", " ").lower()
-        return f"remote error: tls: {renames.get(name, name)}"
-    return f"remote error: tls: {name or 'handshake failure'}"
+    if "ALERT_" not in reason:
+        return f"tls: {(exc.reason or 'handshake failure').replace('_', ' ').lower()}"
+    # OpenSSL says SSLV3_ALERT_BAD_CERTIFICATE or TLSV1_ALERT_UNKNOWN_CA; Go names
+    # the same alerts after RFC 8446 section 6.
+    name = reason.split("ALERT_", 1)[1].replace("_", " ").lower()
+    renames = {
+        "unknown ca": "unknown certificate authority",
+        "certificate unknown": "unknown certificate",
+    }
+    return f"remote error: tls: {renames.get(name, name)}"

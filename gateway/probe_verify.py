@@ -21,7 +21,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import (
+    AuthorityInformationAccessOID,
+    ExtendedKeyUsageOID,
+    NameOID,
+)
 
 from gateway import probe
 from gateway.certs import fingerprint, load_certs, san_names
@@ -40,7 +44,7 @@ class Anchor:
 
 
 def system_anchors() -> list[Anchor]:
-    """The system trust store that Go reads on Linux (the OpenSSL default CA file)."""
+    """Load the system trust store that Go reads on Linux (the OpenSSL default CA file)."""
     cafile = ssl.get_default_verify_paths().cafile
     if not cafile or not Path(cafile).is_file():
         return []
@@ -48,18 +52,25 @@ def system_anchors() -> list[Anchor]:
         # Debian's bundle has a root with a negative serial; cryptography warns on it.
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
         try:
-            return [Anchor(c, "system") for c in x509.load_pem_x509_certificates(Path(cafile).read_bytes())]
+            return [
+                Anchor(c, "system")
+                for c in x509.load_pem_x509_certificates(Path(cafile).read_bytes())
+            ]
         except ValueError:
             return []
 
 
-def load_anchors(target: probe.Target, options: probe.Options) -> tuple[list[Anchor], list[str]]:
-    """Every certificate a client would trust for `target`, and the files they came from."""
+def load_anchors(
+    target: probe.Target, options: probe.Options
+) -> tuple[list[Anchor], list[str]]:
+    """Collect every certificate a client would trust for `target`, and the files they came from."""
     anchors = system_anchors() if options.system_trust else []
     sources = ["system store"] if anchors else []
     for path in options.ca_files:
         if not Path(path).is_file():
-            raise GatewayError(f"The CA file {str(path)!r} does not exist: pass the CA certificate the clients trust, e.g. certs/ca.crt.")
+            raise GatewayError(
+                f"The CA file {str(path)!r} does not exist: pass the CA certificate the clients trust, e.g. certs/ca.crt."
+            )
         anchors += [Anchor(c, str(path)) for c in load_certs(Path(path))]
         sources.append(str(path))
     if options.cert_dir is not None:
@@ -83,10 +94,16 @@ def validity_error(leaf: x509.Certificate, now: datetime.datetime) -> tuple[str,
     local_now = go_rfc3339(now.astimezone())
     if now < leaf.not_valid_before_utc:
         before = go_rfc3339(leaf.not_valid_before_utc)
-        return probe.NOT_YET_VALID, f"x509: certificate has expired or is not yet valid: current time {local_now} is before {before}"
+        return (
+            probe.NOT_YET_VALID,
+            f"x509: certificate has expired or is not yet valid: current time {local_now} is before {before}",
+        )
     if now > leaf.not_valid_after_utc:
         after = go_rfc3339(leaf.not_valid_after_utc)
-        return probe.EXPIRED, f"x509: certificate has expired or is not yet valid: current time {local_now} is after {after}"
+        return (
+            probe.EXPIRED,
+            f"x509: certificate has expired or is not yet valid: current time {local_now} is after {after}",
+        )
     return "", ""
 
 
@@ -98,7 +115,7 @@ def _match_hostname(pattern: str, host: str) -> bool:
     pattern_labels, host_labels = pattern.split("."), host.split(".")
     if len(pattern_labels) != len(host_labels):
         return False
-    for index, (want, have) in enumerate(zip(pattern_labels, host_labels)):
+    for index, (want, have) in enumerate(zip(pattern_labels, host_labels, strict=True)):
         if index == 0 and want == "*":
             continue
         if want != have:
@@ -123,26 +140,35 @@ def hostname_error(leaf: x509.Certificate, host: str) -> tuple[str, str]:
     """Return (verdict, Go text) when the leaf's SANs do not cover `host`, else ('', '')."""
     dns_names, ip_sans = san_names(leaf)
     try:
-        wanted_ip = ipaddress.ip_address(host.strip("[]"))
+        expected_ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        wanted_ip = None
-    if wanted_ip is not None:
-        if any(ipaddress.ip_address(a) == wanted_ip for a in ip_sans):
+        expected_ip = None
+    if expected_ip is not None:
+        if any(ipaddress.ip_address(a) == expected_ip for a in ip_sans):
             return "", ""
     elif any(_match_hostname(name, host) for name in dns_names):
         return "", ""
 
     if not _has_san(leaf) and _match_hostname(common_name(leaf), host):
-        return probe.CN_ONLY, "x509: certificate relies on legacy Common Name field, use SANs instead"
-    if wanted_ip is not None:
+        return (
+            probe.CN_ONLY,
+            "x509: certificate relies on legacy Common Name field, use SANs instead",
+        )
+    if expected_ip is not None:
         if not ip_sans:
-            return probe.IP_SAN_MISSING, f"x509: cannot validate certificate for {host} because it doesn't contain any IP SANs"
+            return (
+                probe.IP_SAN_MISSING,
+                f"x509: cannot validate certificate for {host} because it doesn't contain any IP SANs",
+            )
         valid = ", ".join(ip_sans)
     else:
         valid = ", ".join(dns_names)
     if not valid:
         verdict = probe.NAME_MISMATCH if _has_san(leaf) else probe.CN_ONLY
-        return verdict, f"x509: certificate is not valid for any names, but wanted to match {host}"
+        return (
+            verdict,
+            f"x509: certificate is not valid for any names, but wanted to match {host}",
+        )
     return probe.NAME_MISMATCH, f"x509: certificate is valid for {valid}, not {host}"
 
 
@@ -161,11 +187,15 @@ def _signature_error(cert: x509.Certificate, issuer: x509.Certificate) -> str:
     return ""
 
 
-def build_chain(leaf, sent: list[x509.Certificate], anchors: list[Anchor]) -> tuple[list[x509.Certificate], str]:
-    """A chain from `leaf` to an anchor, or ([], Go's unknown-authority text with any hint)."""
+def build_chain(
+    leaf, sent: list[x509.Certificate], anchors: list[Anchor]
+) -> tuple[list[x509.Certificate], str]:
+    """Build a chain from `leaf` to an anchor; on failure return ([], Go's unknown-authority text)."""
     hint: list[tuple[str, x509.Certificate]] = []
 
-    def extend(cert: x509.Certificate, chain: list[x509.Certificate]) -> list[x509.Certificate]:
+    def extend(
+        cert: x509.Certificate, chain: list[x509.Certificate]
+    ) -> list[x509.Certificate]:
         if any(a.cert == cert for a in anchors):
             return chain
         if len(chain) > MAX_CHAIN_DEPTH:
@@ -191,7 +221,11 @@ def build_chain(leaf, sent: list[x509.Certificate], anchors: list[Anchor]) -> tu
     text = UNKNOWN_AUTHORITY_TEXT
     if hint:
         problem, candidate = hint[0]
-        name = common_name(candidate) or _first_org(candidate) or f"serial:{candidate.serial_number}"
+        name = (
+            common_name(candidate)
+            or _first_org(candidate)
+            or f"serial:{candidate.serial_number}"
+        )
         text += f" (possibly because of {_go_quote(problem)} while trying to verify candidate authority certificate {_go_quote(name)})"
     return [], text
 
@@ -208,7 +242,9 @@ def _go_quote(text: str) -> str:
 
 def _ca_issuers_url(cert: x509.Certificate) -> str:
     try:
-        access = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+        access = cert.extensions.get_extension_for_class(
+            x509.AuthorityInformationAccess
+        ).value
     except x509.ExtensionNotFound:
         return ""
     for description in access:
@@ -218,7 +254,7 @@ def _ca_issuers_url(cert: x509.Certificate) -> str:
 
 
 def describe(cert: x509.Certificate) -> dict:
-    """The certificate fields the report shows as evidence."""
+    """Return the certificate fields the report shows as evidence."""
     dns_names, ip_sans = san_names(cert)
     return {
         "subject": cert.subject.rfc4514_string(),
@@ -239,12 +275,20 @@ def _server_auth_error(leaf: x509.Certificate) -> str:
         usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         return ""
-    if ExtendedKeyUsageOID.SERVER_AUTH in usages or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages:
+    if (
+        ExtendedKeyUsageOID.SERVER_AUTH in usages
+        or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages
+    ):
         return ""
     return "x509: certificate specifies an incompatible key usage"
 
 
-def check_chain(report: probe.Report, chain_der: list[bytes], options: probe.Options, now: datetime.datetime | None = None) -> None:
+def check_chain(
+    report: probe.Report,
+    chain_der: list[bytes],
+    options: probe.Options,
+    now: datetime.datetime | None = None,
+) -> None:
     """Record the certificate verdict for a captured chain in `report.evidence`."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
     sent = [x509.load_der_x509_certificate(der) for der in chain_der]
@@ -271,7 +315,9 @@ def check_chain(report: probe.Report, chain_der: list[bytes], options: probe.Opt
     evidence["cert_go_error"] = text
 
 
-def _authority_verdict(report: probe.Report, leaf: x509.Certificate, sent: list[x509.Certificate]) -> str:
+def _authority_verdict(
+    report: probe.Report, leaf: x509.Certificate, sent: list[x509.Certificate]
+) -> str:
     """Tell a self-signed leaf, a missing intermediate and an unknown CA apart."""
     if leaf.issuer == leaf.subject and not _signature_error(leaf, leaf):
         return probe.SELF_SIGNED

@@ -13,17 +13,31 @@ TRANSPORT_VERDICTS = {
     "reset": probe.CLOSED,
     "silence": probe.SILENT,
 }
-CONNECT_VERDICTS = {"refused": probe.REFUSED, "unreachable": probe.UNREACHABLE, "timeout": probe.TIMEOUT}
+CONNECT_VERDICTS = {
+    "refused": probe.REFUSED,
+    "unreachable": probe.UNREACHABLE,
+    "timeout": probe.TIMEOUT,
+}
 
 
 def decide(report: Report, options: probe.Options) -> None:
     """Set verdict, scheme, Go error, side, summary, findings and fixes on `report`."""
     evidence = report.evidence
-    failed = next((s for s in report.steps if s.status == "failed" and s.name in ("resolve", "connect")), None)
+    failed = next(
+        (
+            s
+            for s in report.steps
+            if s.status == "failed" and s.name in ("resolve", "connect")
+        ),
+        None,
+    )
     if failed is not None and failed.name == "resolve":
         report.verdict, report.go_error = probe.UNRESOLVABLE, failed.go_error
     elif failed is not None:
-        report.verdict, report.go_error = CONNECT_VERDICTS[evidence["connect"]], failed.go_error
+        report.verdict, report.go_error = (
+            CONNECT_VERDICTS[evidence["connect"]],
+            failed.go_error,
+        )
     else:
         _decide_transport(report)
     report.side = SIDES.get(report.verdict, "registry")
@@ -67,7 +81,10 @@ def _realm_failed(evidence: dict) -> bool:
     auth = evidence.get("auth", {})
     if "realm_transport" not in auth:
         return False
-    return bool(auth.get("realm_go_error")) or auth.get("realm_status") not in (200, 401)
+    return bool(auth.get("realm_go_error")) or auth.get("realm_status") not in (
+        200,
+        401,
+    )
 
 
 SIDES = {
@@ -80,7 +97,7 @@ SIDES = {
 
 
 def summary(report: Report) -> str:
-    """One sentence: what is on the port, with the exact value that proves it."""
+    """Describe in one sentence what is on the port, with the exact value that proves it."""
     target, evidence = report.target, report.evidence
     verdict = report.verdict
     title = probe.VERDICT_TITLES[verdict]
@@ -108,12 +125,17 @@ def summary(report: Report) -> str:
 def _realm_summary(report: Report) -> str:
     auth = report.evidence.get("auth", {})
     realm = auth.get("params", {}).get("realm", "")
-    outcome = auth.get("realm_go_error") or f"the token endpoint returned {auth.get('realm_status')}"
-    return f"The registry's TLS is fine, but the token realm {realm!r} fails: {outcome}."
+    outcome = (
+        auth.get("realm_go_error")
+        or f"the token endpoint returned {auth.get('realm_status')}"
+    )
+    return (
+        f"The registry's TLS is fine, but the token realm {realm!r} fails: {outcome}."
+    )
 
 
 def fixes(report: Report) -> list[Fix]:
-    """The fixes for the verdict, best first, each naming the side to change."""
+    """List the fixes for the verdict, best first, each naming the side to change."""
     target = report.target
     host, authority = target.host, target.authority
     gateway = Fix(
@@ -144,47 +166,127 @@ def fixes(report: Report) -> list[Fix]:
             )
         ]
     if verdict == probe.CHAIN_INCOMPLETE:
-        return [Fix("registry", "Serve the leaf certificate followed by the intermediate: append the intermediate to the registry's certificate file and restart it.")]
+        return [
+            Fix(
+                "registry",
+                "Serve the leaf certificate followed by the intermediate: append the intermediate to the registry's certificate file and restart it.",
+            )
+        ]
     if verdict in (probe.NAME_MISMATCH, probe.IP_SAN_MISSING, probe.CN_ONLY):
         address = "IP" if target.is_ip else "DNS"
         return [
-            Fix("registry", f"Reissue the registry's certificate with the SAN {address}:{host}; the gateway generates such a certificate.", f"registry-gateway serve --upstream http://{authority} --name {host}"),
+            Fix(
+                "registry",
+                f"Reissue the registry's certificate with the SAN {address}:{host}; the gateway generates such a certificate.",
+                f"registry-gateway serve --upstream http://{authority} --name {host}",
+            ),
             Fix("client", "Or connect by a name the certificate's SANs list."),
         ]
     if verdict in (probe.EXPIRED, probe.NOT_YET_VALID):
-        return [Fix("registry", "Renew the registry's certificate, and check that the registry's and this machine's clocks agree (both times are shown above).")]
+        return [
+            Fix(
+                "registry",
+                "Renew the registry's certificate, and check that the registry's and this machine's clocks agree (both times are shown above).",
+            )
+        ]
     if verdict == probe.AUTH_REALM_PROBLEM:
-        return [Fix("registry", "Serve the token endpoint over TLS with a certificate for its host (for example behind the gateway) and point the realm in the registry's auth config at that https:// URL.")]
+        return [
+            Fix(
+                "registry",
+                "Serve the token endpoint over TLS with a certificate for its host (for example behind the gateway) and point the realm in the registry's auth config at that https:// URL.",
+            )
+        ]
     if verdict == probe.NOT_A_REGISTRY:
-        return [Fix("registry", f"Point the clients at the registry's port, or run the registry on {authority}: this port serves something else.")]
+        return [
+            Fix(
+                "registry",
+                f"Point the clients at the registry's port, or run the registry on {authority}: this port serves something else.",
+            )
+        ]
     if verdict == probe.REFUSED:
-        return [Fix("registry", f"Start the registry on {authority}, or use the port it listens on; nothing accepts connections there.")]
+        return [
+            Fix(
+                "registry",
+                f"Start the registry on {authority}, or use the port it listens on; nothing accepts connections there.",
+            )
+        ]
     if verdict == probe.UNRESOLVABLE:
-        return [Fix("client", f"Add {host} to this machine's DNS or hosts file (/etc/hosts), on every client.")]
-    if verdict in (probe.PLAINTEXT_NOT_HTTP, probe.TLS_ALERT, probe.CLOSED, probe.SILENT, probe.TIMEOUT, probe.UNREACHABLE):
-        return [Fix("registry", f"Check what listens on {authority}: the registry must speak HTTPS there (or plain HTTP behind the gateway).")]
+        return [
+            Fix(
+                "client",
+                f"Add {host} to this machine's DNS or hosts file (/etc/hosts), on every client.",
+            )
+        ]
+    if verdict in (
+        probe.PLAINTEXT_NOT_HTTP,
+        probe.TLS_ALERT,
+        probe.CLOSED,
+        probe.SILENT,
+        probe.TIMEOUT,
+        probe.UNREACHABLE,
+    ):
+        return [
+            Fix(
+                "registry",
+                f"Check what listens on {authority}: the registry must speak HTTPS there (or plain HTTP behind the gateway).",
+            )
+        ]
     return []
 
 
 def _add_findings(report: Report) -> None:
     evidence, target = report.evidence, report.target
     v2 = evidence.get("v2", {})
-    if report.scheme == "https" and report.verdict not in (probe.TLS_OK, probe.NOT_A_REGISTRY) and v2 and not v2.get("is_registry"):
-        report.findings.append(Finding("Warning", f"Behind the certificate problem, GET {v2.get('url')} is not a registry either ({v2.get('status')})."))
+    if (
+        report.scheme == "https"
+        and report.verdict not in (probe.TLS_OK, probe.NOT_A_REGISTRY)
+        and v2
+        and not v2.get("is_registry")
+    ):
+        report.findings.append(
+            Finding(
+                "Warning",
+                f"Behind the certificate problem, GET {v2.get('url')} is not a registry either ({v2.get('status')}).",
+            )
+        )
     if v2.get("status") == 401:
         scheme = evidence.get("auth", {}).get("scheme", "")
-        report.findings.append(Finding("Note", f"The registry requires credentials ({scheme or 'unknown'} auth): clients need `docker login {target.reference}` first."))
+        report.findings.append(
+            Finding(
+                "Note",
+                f"The registry requires credentials ({scheme or 'unknown'} auth): clients need `docker login {target.reference}` first.",
+            )
+        )
     auth = evidence.get("auth", {})
     service = auth.get("params", {}).get("service", "")
     if service and _internal_name(service) and not _internal_name(target.host):
-        report.findings.append(Finding("Warning", f"The challenge's service={service!r} is an internal name; the registry's auth config leaks its backend address."))
+        report.findings.append(
+            Finding(
+                "Warning",
+                f"The challenge's service={service!r} is an internal name; the registry's auth config leaks its backend address.",
+            )
+        )
     realm_host = auth.get("realm_authority", "")
     if realm_host and realm_host != target.authority:
-        report.findings.append(Finding("Note", f"An insecure-registries entry for {target.authority} does not cover the token realm at {realm_host}."))
+        report.findings.append(
+            Finding(
+                "Note",
+                f"An insecure-registries entry for {target.authority} does not cover the token realm at {realm_host}.",
+            )
+        )
     if auth.get("realm_scheme") == "http":
-        report.findings.append(Finding("Warning", f"The token realm {auth['params']['realm']!r} is plain HTTP: clients send their password there unencrypted."))
+        report.findings.append(
+            Finding(
+                "Warning",
+                f"The token realm {auth['params']['realm']!r} is plain HTTP: clients send their password there unencrypted.",
+            )
+        )
 
 
 def _internal_name(authority: str) -> bool:
     host = authority.rsplit(":", 1)[0].strip("[]").lower()
-    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.") or "." not in host
+    return (
+        host in ("localhost", "127.0.0.1", "::1")
+        or host.startswith("127.")
+        or "." not in host
+    )

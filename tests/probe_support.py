@@ -18,7 +18,11 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import (
+    AuthorityInformationAccessOID,
+    ExtendedKeyUsageOID,
+    NameOID,
+)
 
 from gateway import certs, lab, probe
 
@@ -48,7 +52,9 @@ def make_ca(common_name: str, issuer: Issued | None = None) -> Issued:
         .not_valid_before(now - DAY)
         .not_valid_after(now + 30 * DAY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+        )
     )
     return Issued(builder.sign(issuer.key if issuer else key, hashes.SHA256()), key)
 
@@ -71,7 +77,9 @@ def make_leaf(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - 2 * DAY)
         .not_valid_after(not_after or now + 30 * DAY)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
     )
     if names:
         entries = []
@@ -80,10 +88,17 @@ def make_leaf(
                 entries.append(x509.IPAddress(ipaddress.ip_address(name)))
             except ValueError:
                 entries.append(x509.DNSName(name))
-        builder = builder.add_extension(x509.SubjectAlternativeName(entries), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(entries), critical=False
+        )
     if ca_issuers_url:
-        access = x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(ca_issuers_url))
-        builder = builder.add_extension(x509.AuthorityInformationAccess([access]), critical=False)
+        access = x509.AccessDescription(
+            AuthorityInformationAccessOID.CA_ISSUERS,
+            x509.UniformResourceIdentifier(ca_issuers_url),
+        )
+        builder = builder.add_extension(
+            x509.AuthorityInformationAccess([access]), critical=False
+        )
     return Issued(builder.sign(issuer.key if issuer else key, hashes.SHA256()), key)
 
 
@@ -102,17 +117,34 @@ def write_trust(folder: Path, cert: x509.Certificate) -> Path:
     return folder
 
 
-def write_htpasswd(path: Path, user: str = "probe", password: str = "probe-password") -> Path:
+def write_htpasswd(
+    path: Path, user: str = "probe", password: str = "probe-password"
+) -> Path:
     """An htpasswd file with one bcrypt entry, the only hash the distribution registry accepts."""
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
     path.write_text(f"{user}:{hashed}\n")
     return path
 
 
-def run_probe(target: str, *, ca: list[Path] = (), cert_dir: Path | None = None, client: str = "all", image: str = "rig/test:v1") -> probe.Report:
+def run_probe(
+    target: str,
+    *,
+    ca: list[Path] = (),
+    cert_dir: Path | None = None,
+    client: str = "all",
+    image: str = "rig/test:v1",
+) -> probe.Report:
     """Run the probe in-process with no system CA store, as the tests' clients trust none."""
     repository, _, tag = image.partition(":")
-    options = probe.Options(ca_files=list(ca), cert_dir=cert_dir, client=client, timeout=3.0, system_trust=False, repository=repository, tag=tag)
+    options = probe.Options(
+        ca_files=list(ca),
+        cert_dir=cert_dir,
+        client=client,
+        timeout=3.0,
+        system_trust=False,
+        repository=repository,
+        tag=tag,
+    )
     return probe.run(probe.parse_target(target), options)
 
 
@@ -143,7 +175,10 @@ def cli(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
     """Run `registry-gateway probe ARGS` as a subprocess; return exit status, stdout, stderr."""
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "probe", *args],
-        capture_output=True, text=True, timeout=60, input=stdin or "",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=stdin or "",
     )
     return result.returncode, result.stdout, result.stderr
 
@@ -185,7 +220,10 @@ def http_server(folder: Path) -> subprocess.Popen:
     port = lab.free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
-        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
     )
     lab.wait_for_port("127.0.0.1", port, process)
     process.port = port
@@ -203,5 +241,3 @@ def stop(process: subprocess.Popen) -> None:
 
 def have_skopeo() -> bool:
     return shutil.which("skopeo") is not None
-
-

@@ -10,8 +10,10 @@ from gateway import probe, probe_http, probe_tls, probe_verify
 from gateway.errors import GatewayError
 
 SERVER_HELLO = bytes.fromhex("160303007a020000760303")
-REGISTRY_400 = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
-HTTP_SERVER_09 = b"<!DOCTYPE HTML>\n<html lang=\"en\">\n    <head>"
+REGISTRY_400 = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+)
+HTTP_SERVER_09 = b'<!DOCTYPE HTML>\n<html lang="en">\n    <head>'
 
 
 @pytest.mark.parametrize(
@@ -19,14 +21,46 @@ HTTP_SERVER_09 = b"<!DOCTYPE HTML>\n<html lang=\"en\">\n    <head>"
     [
         (SERVER_HELLO, "tls-handshake", ""),
         (REGISTRY_400, "http", "http: server gave HTTP response to HTTPS client"),
-        (b"HTTP/1.0 200 OK\r\n", "http", "http: server gave HTTP response to HTTPS client"),
-        (HTTP_SERVER_09, "plaintext", "tls: first record does not look like a TLS handshake"),
-        (b"SSH-2.0-OpenSSH_9.2\r\n", "plaintext", "tls: first record does not look like a TLS handshake"),
-        (b"\x15\x03\x03\x00\x02\x02\x70", "tls-alert", "remote error: tls: unrecognized name"),
-        (b"\x15\x03\x01\x00\x02\x02\x28", "tls-alert", "remote error: tls: handshake failure"),
-        (b"\x16\x30\x30\x00\x10", "plaintext", "tls: first record does not look like a TLS handshake"),
-        (b"\x16\x03\x03\xff\xff", "plaintext", "tls: oversized record received with length 65535"),
-        (b"\x80\x2e\x01\x00\x02", "plaintext", "tls: unsupported SSLv2 handshake received"),
+        (
+            b"HTTP/1.0 200 OK\r\n",
+            "http",
+            "http: server gave HTTP response to HTTPS client",
+        ),
+        (
+            HTTP_SERVER_09,
+            "plaintext",
+            "tls: first record does not look like a TLS handshake",
+        ),
+        (
+            b"SSH-2.0-OpenSSH_9.2\r\n",
+            "plaintext",
+            "tls: first record does not look like a TLS handshake",
+        ),
+        (
+            b"\x15\x03\x03\x00\x02\x02\x70",
+            "tls-alert",
+            "remote error: tls: unrecognized name",
+        ),
+        (
+            b"\x15\x03\x01\x00\x02\x02\x28",
+            "tls-alert",
+            "remote error: tls: handshake failure",
+        ),
+        (
+            b"\x16\x30\x30\x00\x10",
+            "plaintext",
+            "tls: first record does not look like a TLS handshake",
+        ),
+        (
+            b"\x16\x03\x03\xff\xff",
+            "plaintext",
+            "tls: oversized record received with length 65535",
+        ),
+        (
+            b"\x80\x2e\x01\x00\x02",
+            "plaintext",
+            "tls: unsupported SSLv2 handshake received",
+        ),
         (b"HTT", "closed", "unexpected EOF"),
     ],
 )
@@ -41,7 +75,10 @@ def test_first_bytes_close_timeout_reset():
     """No bytes at all: a close is EOF, silence a handshake timeout, a reset its own text."""
     assert probe_tls.classify_first_bytes(b"", closed=True).go_error == "EOF"
     assert probe_tls.classify_first_bytes(b"", timed_out=True).kind == "silence"
-    assert probe_tls.classify_first_bytes(b"", timed_out=True).go_error == "net/http: TLS handshake timeout"
+    assert (
+        probe_tls.classify_first_bytes(b"", timed_out=True).go_error
+        == "net/http: TLS handshake timeout"
+    )
     assert probe_tls.classify_first_bytes(b"", reset=True).kind == "reset"
 
 
@@ -72,7 +109,10 @@ def test_parse_target_authority_brackets_ipv6():
     assert probe.parse_target("registry.local").reference == "registry.local"
 
 
-@pytest.mark.parametrize("text", ["registry.local:0", "registry.local:http", "registry.local:70000", ":5000", ""])
+@pytest.mark.parametrize(
+    "text",
+    ["registry.local:0", "registry.local:http", "registry.local:70000", ":5000", ""],
+)
 def test_parse_target_rejects_bad_input(text):
     with pytest.raises(GatewayError):
         probe.parse_target(text)
@@ -85,9 +125,16 @@ def test_parse_target_rejects_bad_input(text):
         (
             'Bearer realm="https://registry.example:5001/api/auth",service="localhost:5000"',
             "bearer",
-            {"realm": "https://registry.example:5001/api/auth", "service": "localhost:5000"},
+            {
+                "realm": "https://registry.example:5001/api/auth",
+                "service": "localhost:5000",
+            },
         ),
-        ('Bearer realm="https://a/t", scope=repository:x:pull', "bearer", {"realm": "https://a/t", "scope": "repository:x:pull"}),
+        (
+            'Bearer realm="https://a/t", scope=repository:x:pull',
+            "bearer",
+            {"realm": "https://a/t", "scope": "repository:x:pull"},
+        ),
     ],
 )
 def test_www_authenticate_parsing(value, scheme, params):
@@ -95,7 +142,9 @@ def test_www_authenticate_parsing(value, scheme, params):
 
 
 def test_go_rfc3339_uses_z_for_utc():
-    moment = datetime.datetime(2026, 12, 2, 21, 47, 23, 123456, tzinfo=datetime.timezone.utc)
+    moment = datetime.datetime(
+        2026, 12, 2, 21, 47, 23, 123456, tzinfo=datetime.timezone.utc
+    )
     assert probe_verify.go_rfc3339(moment) == "2026-12-02T21:47:23Z"
 
 

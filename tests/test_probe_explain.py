@@ -32,11 +32,13 @@ REALM_PLAIN = (
 NGINX_413 = "unknown: <html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx/1.22.1</center>"
 SKOPEO_NO_HOST = (
     'time="2026-12-03T21:49:19Z" level=fatal msg="Error parsing image name \\"docker://registry.invalid:5231/rig/test:v1\\": '
-    "pinging container registry registry.invalid:5231: Get \\\"https://registry.invalid:5231/v2/\\\": dial tcp: lookup "
+    'pinging container registry registry.invalid:5231: Get \\"https://registry.invalid:5231/v2/\\": dial tcp: lookup '
     'registry.invalid on 10.255.255.53:53: no such host"'
 )
 GO120_UNKNOWN = 'Get "https://registry.example:5000/v2/": tls: failed to verify certificate: x509: certificate signed by unknown authority'
-OLD_DOCKER_PLAIN = "Get https://192.0.2.10:5000/v2/: http: server gave HTTP response to HTTPS client"
+OLD_DOCKER_PLAIN = (
+    "Get https://192.0.2.10:5000/v2/: http: server gave HTTP response to HTTPS client"
+)
 
 
 @pytest.mark.parametrize(
@@ -45,7 +47,13 @@ OLD_DOCKER_PLAIN = "Get https://192.0.2.10:5000/v2/: http: server gave HTTP resp
         (DOCKER_PLAIN, probe.PLAIN_HTTP_REGISTRY, "docker", "registry.test", 5220),
         (CTR_UNKNOWN_CA, probe.UNKNOWN_AUTHORITY, "containerd", "registry.test", 5221),
         (PODMAN_IP_SAN, probe.IP_SAN_MISSING, "podman/skopeo", "127.0.0.1", 5222),
-        (K3S_CN_ONLY, probe.CN_ONLY, "k3s/kubelet (containerd CRI)", "registry.example", 5000),
+        (
+            K3S_CN_ONLY,
+            probe.CN_ONLY,
+            "k3s/kubelet (containerd CRI)",
+            "registry.example",
+            5000,
+        ),
         (SKOPEO_NO_HOST, probe.UNRESOLVABLE, "podman/skopeo", "registry.invalid", 5231),
         (GO120_UNKNOWN, probe.UNKNOWN_AUTHORITY, "unknown", "registry.example", 5000),
         (OLD_DOCKER_PLAIN, probe.PLAIN_HTTP_REGISTRY, "unknown", "192.0.2.10", 5000),
@@ -61,7 +69,10 @@ def test_explain_recognises_client_lines(text, verdict, client, host, port):
 
 def test_explain_plain_http_names_gateway_fix():
     explanation = probe_explain.explain(DOCKER_PLAIN)
-    assert explanation.fix == "Put the gateway in front: registry-gateway serve --upstream http://registry.test:5220 --name registry.test"
+    assert (
+        explanation.fix
+        == "Put the gateway in front: registry-gateway serve --upstream http://registry.test:5220 --name registry.test"
+    )
     assert explanation.url == "https://registry.test:5220/v2/"
     assert explanation.side == "gateway"
 
@@ -88,11 +99,13 @@ def test_explain_go120_wrapper_note():
 def test_explain_unrecognised_text():
     explanation = probe_explain.explain("something else went wrong")
     assert not explanation.recognised
-    assert probe_explain.render(explanation, False).startswith("Note: The pasted text matches no known")
+    assert probe_explain.render(explanation, False).startswith(
+        "Note: The pasted text matches no known"
+    )
 
 
 def test_explain_stdin_then_probes_reachable_host(registry):
-    """`--explain -` reads standard input and probes the named host when it answers."""
+    """`--explain -` reads standard input and probes the named host when it is reachable."""
     pasted = DOCKER_PLAIN.replace("registry.test:5220", registry.address)
     status, output, _ = support.cli("--explain", "-", "--json", stdin=pasted)
     data = json.loads(output)

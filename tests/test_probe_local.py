@@ -18,7 +18,9 @@ def audit(tmp_path, daemon_json: str | None, target: str = TARGET, hosts: str = 
         path.write_text(daemon_json)
     hosts_file = tmp_path / "hosts"
     hosts_file.write_text(hosts)
-    return probe_local.audit(probe.parse_target(target), path, tmp_path / "certs.d", hosts_file)
+    return probe_local.audit(
+        probe.parse_target(target), path, tmp_path / "certs.d", hosts_file
+    )
 
 
 def texts(result, level: str) -> list[str]:
@@ -46,22 +48,35 @@ def test_local_loopback_is_insecure_by_default(tmp_path):
 
 
 def test_local_cidr_after_resolution(tmp_path):
-    result = audit(tmp_path, json.dumps({"insecure-registries": ["127.0.0.0/24"]}), target="localhost:5000")
+    result = audit(
+        tmp_path,
+        json.dumps({"insecure-registries": ["127.0.0.0/24"]}),
+        target="localhost:5000",
+    )
     assert result.insecure
     assert result.insecure_reason.startswith("127.0.0.1 lies in 127.0.0.0/24")
 
 
 def test_local_singular_key(tmp_path):
-    """The CLI flag's name as a daemon.json key is ignored: C11's near miss."""
-    result = audit(tmp_path, json.dumps({"insecure-registry": [TARGET], "tlsverify": True, "debug": False}))
+    """The CLI flag's name used as a daemon.json key is ignored."""
+    result = audit(
+        tmp_path,
+        json.dumps({"insecure-registry": [TARGET], "tlsverify": True, "debug": False}),
+    )
     assert not result.insecure
-    assert any("'insecure-registry'" in t and "rename it" in t for t in texts(result, "Error"))
+    assert any(
+        "'insecure-registry'" in t and "rename it" in t for t in texts(result, "Error")
+    )
 
 
 @pytest.mark.parametrize(
     ("text", "line", "column"),
     [
-        ('{"log-driver":"json-file"}\n{ "insecure-registries":"192.0.2.10:5000"] }\n', 2, 1),
+        (
+            '{"log-driver":"json-file"}\n{ "insecure-registries":"192.0.2.10:5000"] }\n',
+            2,
+            1,
+        ),
         ('{"insecure-registries": ["192.0.2.10:5000"],}', 1, 45),
     ],
 )
@@ -70,12 +85,15 @@ def test_local_json_syntax_error_line_and_column(tmp_path, text, line, column):
     errors = texts(result, "Error")
     assert len(errors) == 1
     assert f"at line {line}, column {column}" in errors[0]
-    assert "dockerd refuses to start" in errors[0]
+    assert "dockerd does not start" in errors[0]
 
 
 def test_local_string_not_list(tmp_path):
     result = audit(tmp_path, json.dumps({"insecure-registries": "192.0.2.10:5000"}))
-    assert any('Write "insecure-registries": ["192.0.2.10:5000"]' in t for t in texts(result, "Error"))
+    assert any(
+        'Write "insecure-registries": ["192.0.2.10:5000"]' in t
+        for t in texts(result, "Error")
+    )
 
 
 def test_local_scheme_prefix_is_stripped(tmp_path):
@@ -99,7 +117,9 @@ def test_local_near_misses(tmp_path, entry, expected):
     assert any(expected in t for t in texts(result, "Warning"))
 
 
-@pytest.mark.parametrize("entry", ["registry.invalid:5000/", "*.invalid:5000", "ftp://registry.invalid:5000"])
+@pytest.mark.parametrize(
+    "entry", ["registry.invalid:5000/", "*.invalid:5000", "ftp://registry.invalid:5000"]
+)
 def test_local_entries_dockerd_rejects(tmp_path, entry):
     result = audit(tmp_path, json.dumps({"insecure-registries": [entry]}))
     assert not result.ok
@@ -107,7 +127,7 @@ def test_local_entries_dockerd_rejects(tmp_path, entry):
 
 
 def test_local_certs_d_mistakes(tmp_path):
-    """C19: a folder without the port and a CA named .pem are both reported."""
+    """A folder without the port and a CA named ca.cert are both reported."""
     (tmp_path / "certs.d" / "registry.invalid").mkdir(parents=True)
     (tmp_path / "certs.d" / "registry.invalid" / "ca.pem").write_text("")
     (tmp_path / "certs.d" / TARGET).mkdir()
@@ -133,8 +153,15 @@ def test_local_hosts_file_entry(tmp_path):
 def test_local_cli_json(tmp_path):
     (tmp_path / "daemon.json").write_text(json.dumps({"insecure-registries": [TARGET]}))
     status, output, _ = support.cli(
-        "--local", TARGET, "--daemon-json", str(tmp_path / "daemon.json"),
-        "--cert-dir", str(tmp_path / "certs.d"), "--hosts-file", str(tmp_path / "hosts"), "--json",
+        "--local",
+        TARGET,
+        "--daemon-json",
+        str(tmp_path / "daemon.json"),
+        "--cert-dir",
+        str(tmp_path / "certs.d"),
+        "--hosts-file",
+        str(tmp_path / "hosts"),
+        "--json",
     )
     assert status == 0
     data = json.loads(output)

@@ -10,7 +10,15 @@ from aiohttp import web
 
 from gateway import certs, lab, probe
 from tests import probe_support as support
-from tests.probe_support import DAY, make_ca, make_leaf, prediction, run_probe, skopeo_inspect, without_clock
+from tests.probe_support import (
+    DAY,
+    make_ca,
+    make_leaf,
+    prediction,
+    run_probe,
+    skopeo_inspect,
+    without_clock,
+)
 
 IMAGE = "rig/test:v1"
 
@@ -27,7 +35,9 @@ def other_ca():
 
 def tls_registry(tmp_path, chain, key, htpasswd=None) -> lab.RegistryProcess:
     cert_path, key_path = support.write_pair(tmp_path / "server", chain, key)
-    registry = lab.RegistryProcess(tls_cert=cert_path, tls_key=key_path, htpasswd=htpasswd)
+    registry = lab.RegistryProcess(
+        tls_cert=cert_path, tls_key=key_path, htpasswd=htpasswd
+    )
     registry.workdir = tmp_path / "registry"
     registry.workdir.mkdir()
     return registry.start()
@@ -50,8 +60,14 @@ def test_plain_http_registry(registry):
     assert report.evidence["v2"]["api_version"] == "registry/2.0"
     assert prediction(report, "docker").ok, "docker treats 127.0.0.0/8 as insecure"
     assert prediction(report, "containerd").ok, "ctr uses plain HTTP for 127.0.0.1"
-    assert report.fixes[0].command == f"registry-gateway serve --upstream http://{registry.address} --name 127.0.0.1"
-    assert report.fixes[2].command == f"registry-gateway snippet docker {registry.address} --insecure"
+    assert (
+        report.fixes[0].command
+        == f"registry-gateway serve --upstream http://{registry.address} --name 127.0.0.1"
+    )
+    assert (
+        report.fixes[2].command
+        == f"registry-gateway snippet docker {registry.address} --insecure"
+    )
     assert_skopeo_parity(report, registry.address)
 
 
@@ -68,13 +84,18 @@ def test_tls_good_chain_with_ca(tmp_path, root_ca):
     assert report.verdict == probe.TLS_OK
     assert prediction(report, "podman").ok
     assert prediction(report, "docker").ok
-    # ctr speaks plain HTTP to 127.0.0.1, and the Go TLS server answers 400.
+    # ctr speaks plain HTTP to 127.0.0.1, and the Go TLS server returns 400.
     ctr = prediction(report, "containerd")
-    assert ctr.message.endswith(f"pulling from host {registry.address} failed with status code [manifests v1]: 400 Bad Request")
+    assert ctr.message.endswith(
+        f"pulling from host {registry.address} failed with status code [manifests v1]: 400 Bad Request"
+    )
     assert report.evidence["plain_http_reply"]["server"] == "go"
     assert report.evidence["tls_version"] in ("TLSv1.2", "TLSv1.3")
     # skopeo got past TLS and /v2/: the only failure left is the missing image.
-    assert real == f"reading manifest v1 in {registry.address}/rig/test: manifest unknown: manifest unknown"
+    assert (
+        real
+        == f"reading manifest v1 in {registry.address}/rig/test: manifest unknown: manifest unknown"
+    )
 
 
 def test_tls_good_chain_via_cert_dir(tmp_path, root_ca):
@@ -88,11 +109,13 @@ def test_tls_good_chain_via_cert_dir(tmp_path, root_ca):
     finally:
         registry.stop()
     assert report.verdict == probe.TLS_OK
-    assert report.evidence["trust_sources"] == [str(certs_d / registry.address / "ca.crt")]
+    assert report.evidence["trust_sources"] == [
+        str(certs_d / registry.address / "ca.crt")
+    ]
 
 
 def test_tls_unknown_ca(tmp_path, root_ca):
-    """A good chain that nobody trusts: unknown authority, with a note on the single cert."""
+    """A good chain with no trusted CA: unknown authority, with a note on the single cert."""
     leaf = make_leaf(root_ca, ["127.0.0.1"])
     registry = tls_registry(tmp_path, [leaf.cert], leaf.key)
     try:
@@ -120,8 +143,10 @@ def test_tls_wrong_ca(tmp_path, root_ca, other_ca):
 
 
 def test_tls_self_signed(tmp_path):
-    """A self-signed leaf: unknown authority for Go, told apart as self-signed."""
-    leaf = make_leaf(None, ["127.0.0.1", "localhost"], common_name="registry self-signed")
+    """A self-signed leaf: unknown authority for Go, reported as self-signed."""
+    leaf = make_leaf(
+        None, ["127.0.0.1", "localhost"], common_name="registry self-signed"
+    )
     registry = tls_registry(tmp_path, [leaf.cert], leaf.key)
     try:
         report = run_probe(registry.address)
@@ -132,14 +157,24 @@ def test_tls_self_signed(tmp_path):
         trusted = run_probe(registry.address, ca=[trust / "ca.crt"])
     finally:
         registry.stop()
-    assert trusted.verdict == probe.TLS_OK, "trusting the self-signed leaf itself works, as in docker's certs.d"
+    assert trusted.verdict == probe.TLS_OK, (
+        "trusting the self-signed leaf itself works, as in docker's certs.d"
+    )
 
 
 @pytest.mark.parametrize(
     ("host", "verdict", "go_error"),
     [
-        ("127.0.0.1", probe.IP_SAN_MISSING, "x509: cannot validate certificate for 127.0.0.1 because it doesn't contain any IP SANs"),
-        ("localhost", probe.NAME_MISMATCH, "x509: certificate is valid for wrong-name.invalid, not localhost"),
+        (
+            "127.0.0.1",
+            probe.IP_SAN_MISSING,
+            "x509: cannot validate certificate for 127.0.0.1 because it doesn't contain any IP SANs",
+        ),
+        (
+            "localhost",
+            probe.NAME_MISMATCH,
+            "x509: certificate is valid for wrong-name.invalid, not localhost",
+        ),
     ],
 )
 def test_tls_wrong_san(tmp_path, root_ca, host, verdict, go_error):
@@ -165,7 +200,10 @@ def test_tls_wrong_ip_san(tmp_path, root_ca):
     trust = support.write_trust(tmp_path / "trust", root_ca.cert)
     try:
         report = run_probe(registry.address, ca=[trust / "ca.crt"])
-        assert report.go_error == "x509: certificate is valid for 192.0.2.10, not 127.0.0.1"
+        assert (
+            report.go_error
+            == "x509: certificate is valid for 192.0.2.10, not 127.0.0.1"
+        )
         assert_skopeo_parity(report, registry.address, trust)
     finally:
         registry.stop()
@@ -174,8 +212,14 @@ def test_tls_wrong_ip_san(tmp_path, root_ca):
 @pytest.mark.parametrize(
     ("host", "go_error"),
     [
-        ("127.0.0.1", "x509: certificate relies on legacy Common Name field, use SANs instead"),
-        ("localhost", "x509: certificate is not valid for any names, but wanted to match localhost"),
+        (
+            "127.0.0.1",
+            "x509: certificate relies on legacy Common Name field, use SANs instead",
+        ),
+        (
+            "localhost",
+            "x509: certificate is not valid for any names, but wanted to match localhost",
+        ),
     ],
 )
 def test_tls_cn_only(tmp_path, root_ca, host, go_error):
@@ -204,7 +248,9 @@ def test_tls_expired(tmp_path, root_ca):
     try:
         report = run_probe(registry.address, ca=[trust / "ca.crt"])
         assert report.verdict == probe.EXPIRED
-        assert report.go_error.endswith(f"is after {not_after.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        assert report.go_error.endswith(
+            f"is after {not_after.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        )
         assert_skopeo_parity(report, registry.address, trust)
     finally:
         registry.stop()
@@ -214,7 +260,9 @@ def test_tls_expired(tmp_path, root_ca):
 def test_tls_missing_intermediate(tmp_path, root_ca):
     """The registry serves the leaf without its intermediate: chain incomplete."""
     intermediate = make_ca("Probe Test Intermediate", root_ca)
-    leaf = make_leaf(intermediate, ["127.0.0.1"], ca_issuers_url="http://ca.invalid/intermediate.crt")
+    leaf = make_leaf(
+        intermediate, ["127.0.0.1"], ca_issuers_url="http://ca.invalid/intermediate.crt"
+    )
     registry = tls_registry(tmp_path, [leaf.cert], leaf.key)
     trust = support.write_trust(tmp_path / "trust", root_ca.cert)
     try:
@@ -252,7 +300,10 @@ def test_plain_http_with_htpasswd(tmp_path):
         report = run_probe(registry.address)
         assert report.verdict == probe.PLAIN_HTTP_REGISTRY
         assert report.evidence["v2"]["status"] == 401
-        assert report.evidence["auth"] == {"scheme": "basic", "params": {"realm": "lab-realm"}}
+        assert report.evidence["auth"] == {
+            "scheme": "basic",
+            "params": {"realm": "lab-realm"},
+        }
         assert_skopeo_parity(report, registry.address)
     finally:
         registry.stop()
@@ -290,7 +341,9 @@ def test_http_server_not_a_registry(tmp_path):
     finally:
         support.stop(server)
     assert "an HTML page" in report.summary
-    assert prediction(report, "containerd").message.endswith(f"{address}/rig/test:v1: not found")
+    assert prediction(report, "containerd").message.endswith(
+        f"{address}/rig/test:v1: not found"
+    )
 
 
 def test_closed_port():
@@ -318,7 +371,11 @@ def bearer_registry(realm: str, service: str = "localhost:5000") -> web.Applicat
 
     async def v2(request: web.Request) -> web.Response:
         return web.json_response(
-            {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
+            {
+                "errors": [
+                    {"code": "UNAUTHORIZED", "message": "authentication required"}
+                ]
+            },
             status=401,
             headers={
                 "WWW-Authenticate": f'Bearer realm="{realm}",service="{service}"',
@@ -343,22 +400,31 @@ def test_realm_https_on_plain_port(tmp_path, root_ca, registry):
     """The registry's TLS is fine, but its https:// token realm speaks plain HTTP."""
     realm = f"https://{registry.address}/token"
     trust = support.write_trust(tmp_path / "trust", root_ca.cert)
-    with support.ThreadedApp(bearer_registry(realm), server_context(tmp_path, root_ca)) as server:
+    with support.ThreadedApp(
+        bearer_registry(realm), server_context(tmp_path, root_ca)
+    ) as server:
         address = f"127.0.0.1:{server.port}"
         report = run_probe(address, ca=[trust / "ca.crt"])
         assert report.verdict == probe.AUTH_REALM_PROBLEM
         assert report.evidence["auth"]["realm_transport"] == "http"
         assert_skopeo_parity(report, address, trust)
     texts = [f.text for f in report.findings]
-    assert any("service='localhost:5000' is an internal name" in t for t in texts) is False
-    assert any(f"does not cover the token realm at {registry.address}" in t for t in texts)
+    assert (
+        any("service='localhost:5000' is an internal name" in t for t in texts) is False
+    )
+    assert any(
+        f"does not cover the token realm at {registry.address}" in t for t in texts
+    )
 
 
 def test_realm_plain_http_url(tmp_path, root_ca, registry):
     """An http:// realm: a warning about clear-text passwords, and the token endpoint's 404."""
     realm = f"http://{registry.address}/token"
     trust = support.write_trust(tmp_path / "trust", root_ca.cert)
-    with support.ThreadedApp(bearer_registry(realm, service="registry.example"), server_context(tmp_path, root_ca)) as server:
+    with support.ThreadedApp(
+        bearer_registry(realm, service="registry.example"),
+        server_context(tmp_path, root_ca),
+    ) as server:
         address = f"127.0.0.1:{server.port}"
         report = run_probe(address, ca=[trust / "ca.crt"])
         assert report.verdict == probe.AUTH_REALM_PROBLEM
@@ -378,7 +444,15 @@ def gateway(gateway_process):
 def test_gateway_reports_tls_ok(gateway, local_ca):
     """The gateway with the generated CA: TLS registry OK, exit 0 for podman."""
     address = f"127.0.0.1:{gateway.port}"
-    status, output, _ = support.cli(address, "--ca", str(local_ca / certs.CA_CERT), "--client", "podman", "--cert-dir", str(local_ca / "none"))
+    status, output, _ = support.cli(
+        address,
+        "--ca",
+        str(local_ca / certs.CA_CERT),
+        "--client",
+        "podman",
+        "--cert-dir",
+        str(local_ca / "none"),
+    )
     assert status == 0, output
     assert output.splitlines()[0] == f"{address}: TLS registry OK"
 
@@ -386,12 +460,25 @@ def test_gateway_reports_tls_ok(gateway, local_ca):
 def test_gateway_json_object(gateway, local_ca):
     """`--json` prints the documented object with verdict, steps and clients."""
     address = f"localhost:{gateway.port}"
-    status, output, errors = support.cli(address, "--ca", str(local_ca / certs.CA_CERT), "--json", "--cert-dir", str(local_ca / "none"))
+    status, output, errors = support.cli(
+        address,
+        "--ca",
+        str(local_ca / certs.CA_CERT),
+        "--json",
+        "--cert-dir",
+        str(local_ca / "none"),
+    )
     assert errors == ""
     data = json.loads(output)
     assert data["verdict"] == probe.TLS_OK
     assert data["title"] == "TLS registry OK"
-    assert [s["name"] for s in data["steps"]] == ["resolve", "connect", "tls", "plain-http", "v2"]
+    assert [s["name"] for s in data["steps"]] == [
+        "resolve",
+        "connect",
+        "tls",
+        "plain-http",
+        "v2",
+    ]
     assert all(s["timeout_s"] == 5.0 for s in data["steps"])
     assert {c["client"] for c in data["clients"]} == {"docker", "containerd", "podman"}
     assert status == (0 if data["ok"] else 1)
