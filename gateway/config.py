@@ -24,6 +24,11 @@ DEFAULT_IDLE_TIMEOUT = 900.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_POOL_SIZE = 100
 DEFAULT_DRAIN_TIMEOUT = 30.0
+DEFAULT_HEADER_TIMEOUT = 30.0
+DEFAULT_MAX_CONNECTIONS = 4096
+# aiohttp's own defaults for one line and for the header count.
+DEFAULT_MAX_LINE = 8190
+DEFAULT_MAX_HEADERS = 128
 
 # Names a leaf certificate always covers, so that clients on the gateway host work.
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -70,6 +75,13 @@ class Config:
     pool_size: int = DEFAULT_POOL_SIZE
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     log_level: str = "info"
+    client_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_request_line: int = DEFAULT_MAX_LINE
+    max_header_size: int = DEFAULT_MAX_LINE
+    max_headers: int = DEFAULT_MAX_HEADERS
+    htpasswd: Path | None = None
 
     @property
     def primary_name(self) -> str:
@@ -254,6 +266,8 @@ def _apply_top_level(config: Config, data: dict[str, Any], path: Path, base: Pat
         "upstream",
         "tls",
         "route",
+        "limits",
+        "auth",
     }
     _reject_unknown(data, known, "", path)
 
@@ -294,6 +308,29 @@ def _apply_top_level(config: Config, data: dict[str, Any], path: Path, base: Pat
     if "route" in data:
         routes = _expect(data, "route", list, "")
         config.routes = [_parse_route(route, path) for route in routes]
+
+    if "limits" in data:
+        _apply_limits(config, _expect(data, "limits", dict, ""), path)
+
+    if "auth" in data:
+        auth = _expect(data, "auth", dict, "")
+        _reject_unknown(auth, {"htpasswd"}, "auth.", path)
+        if auth.get("htpasswd"):
+            config.htpasswd = _resolve(base, _expect(auth, "htpasswd", str, "auth."))
+
+
+def _apply_limits(config: Config, table: dict[str, Any], path: Path) -> None:
+    seconds = {"client_idle_timeout", "header_timeout"}
+    counts = {"max_connections", "max_request_line", "max_header_size", "max_headers"}
+    _reject_unknown(table, seconds | counts, "limits.", path)
+    for key in seconds & table.keys():
+        value = _expect(table, key, (int, float), "limits.")
+        setattr(config, key, _positive(value, f"limits.{key}"))
+    for key in counts & table.keys():
+        value = _expect(table, key, int, "limits.")
+        if value < 1:
+            raise ConfigError(f"Invalid value for limits.{key}: {value}; give at least 1.")
+        setattr(config, key, value)
 
 
 def _apply_upstream(config: Config, table: dict[str, Any], path: Path) -> None:

@@ -89,11 +89,11 @@ class RegistryProcess:
             "    disabled: true",
             "storage:",
             "  filesystem:",
-            f"    rootdirectory: {self.workdir / 'data'}",
+            f"    rootdirectory: {json.dumps(str(self.workdir / 'data'))}",
             "  delete:",
             "    enabled: true",
             "http:",
-            f"  addr: {self.address}",
+            f"  addr: {json.dumps(self.address)}",
             f"  secret: lab-secret-{os.getpid()}",
         ]
         for key, value in self.extra_http.items():
@@ -101,15 +101,15 @@ class RegistryProcess:
         if self.tls_cert:
             lines += [
                 "  tls:",
-                f"    certificate: {self.tls_cert}",
-                f"    key: {self.tls_key}",
+                f"    certificate: {json.dumps(str(self.tls_cert))}",
+                f"    key: {json.dumps(str(self.tls_key))}",
             ]
         if self.htpasswd:
             lines += [
                 "auth:",
                 "  htpasswd:",
                 "    realm: lab-realm",
-                f"    path: {self.htpasswd}",
+                f"    path: {json.dumps(str(self.htpasswd))}",
             ]
         return "\n".join(lines) + "\n"
 
@@ -133,7 +133,11 @@ class RegistryProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-        wait_for_port(self.host, self.port, self.process, self.workdir / "registry.log")
+        try:
+            wait_for_port(self.host, self.port, self.process, self.workdir / "registry.log")
+        except RuntimeError:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -222,6 +226,7 @@ class GatewayProcess:
                 self.process.kill()
                 self.process.wait()
         self.output = self.read_output()
+        self._out.close()
         return self.process.returncode
 
 

@@ -18,14 +18,17 @@ import uuid
 
 import aiohttp
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import BadHttpMessage
 from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config import Config, format_host_port
+from gateway.logs import RateLimitedLog
 from gateway.rewrite import MalformedURL, Rewriter
 
 log = logging.getLogger("gateway.proxy")
 access_log = logging.getLogger("gateway.access")
+upstream_log = RateLimitedLog(log)
 
 API_VERSION_HEADER = "Docker-Distribution-Api-Version"
 API_VERSION = "registry/2.0"
@@ -268,7 +271,14 @@ class Proxy:
         peer = request.remote
         url = self._upstream_url(raw_path)
         headers = self._upstream_headers(request, authority, peer)
-        body = _CountingBody(request.content, counters) if request.body_exists else None
+        body = None
+        if request.body_exists:
+            body = RequestBody(request.content, counters, self.config.client_idle_timeout)
+            # Wait for the first body bytes before opening the upstream request, so
+            # a body that is malformed or stalled from its start reaches nothing.
+            failure = await body.read_first()
+            if failure is not None:
+                return self._client_body_failure(request, failure, request_id)
 
         try:
             upstream = await self._session.request(
@@ -281,15 +291,41 @@ class Proxy:
             )
         except asyncio.CancelledError:
             raise
-        except (aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError, TimeoutError) as exc:
-            return self._upstream_failure(504, "timed out", url, request_id, exc)
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError, TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if body is not None and body.failure is not None:
+                return self._client_body_failure(request, body.failure, request_id)
+            timed_out = isinstance(exc, (aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError, TimeoutError))
+            if timed_out:
+                return self._upstream_failure(504, "timed out", url, request_id, exc)
             return self._upstream_failure(502, "unreachable", url, request_id, exc)
 
         try:
             return await self._relay(request, upstream, origin, url, request_id, counters)
         finally:
             upstream.close() if not upstream.content.at_eof() else upstream.release()
+
+    def _client_body_failure(self, request, failure: BaseException, request_id: str) -> web.StreamResponse:
+        if isinstance(failure, TimeoutError):
+            log.info(
+                "Client %s sent no body bytes for %.0f s; closed the request (request id %s)",
+                request.remote, self.config.client_idle_timeout, request_id,
+            )
+            response = registry_error(
+                408, "UNSUPPORTED", "the request body stalled past the idle timeout"
+            )
+        elif isinstance(failure, BadHttpMessage):
+            upstream_log.warning(
+                "bad-body", "Rejected a malformed request body from %s: %s (request id %s)",
+                request.remote, str(failure).splitlines()[0][:200], request_id,
+            )
+            response = registry_error(400, "UNSUPPORTED", "the request body is malformed")
+        else:
+            log.debug("Client %s went away during the request body (request id %s)", request.remote, request_id)
+            _abort(request)
+            response = web.Response(status=499)
+            return response
+        response.force_close()
+        return response
 
     async def _relay(self, request, upstream, origin, url, request_id, counters) -> web.StreamResponse:
         try:
@@ -309,29 +345,42 @@ class Proxy:
             await response.write_eof()
             return response
 
-        try:
-            async for chunk in upstream.content.iter_any():
-                counters["out"] += len(chunk)
-                await response.write(chunk)
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, TimeoutError, aiohttp.ClientOSError) as exc:
-            # Headers are gone already; the only honest signal left is to cut the
-            # connection, so the client sees a short or unterminated body.
-            log.warning(
-                "Upstream %s broke off the response body after %d bytes (request id %s): %s",
-                url, counters["out"], request_id, exc or type(exc).__name__,
-            )
-            _abort(request)
-            return response
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            log.debug("Client went away during the response (request id %s)", request_id)
-            _abort(request)
-            return response
+        idle = self.config.client_idle_timeout
+        while True:
+            try:
+                chunk = await upstream.content.readany()
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, TimeoutError, aiohttp.ClientOSError) as exc:
+                # Headers are gone already; the only honest signal left is to cut the
+                # connection, so the client sees a short or unterminated body.
+                upstream_log.warning(
+                    "upstream-broken-body",
+                    "Upstream %s broke off the response body after %d bytes (request id %s): %s",
+                    url, counters["out"], request_id, str(exc) or type(exc).__name__,
+                )
+                _abort(request)
+                return response
+            if not chunk:
+                break
+            counters["out"] += len(chunk)
+            try:
+                # A client that stops reading would otherwise hold the upstream forever.
+                async with asyncio.timeout(idle):
+                    await response.write(chunk)
+            except (ConnectionResetError, aiohttp.ClientConnectionResetError, TimeoutError) as exc:
+                log.debug(
+                    "Client stopped reading the response (request id %s): %s",
+                    request_id, type(exc).__name__,
+                )
+                _abort(request)
+                return response
         await response.write_eof()
         return response
 
     def _upstream_failure(self, status, what, url, request_id, exc) -> web.Response:
         reason = str(exc) or type(exc).__name__
-        log.warning("Upstream %s %s (request id %s): %s", url, what, request_id, reason)
+        upstream_log.warning(
+            f"upstream-{status}", "Upstream %s %s (request id %s): %s", url, what, request_id, reason
+        )
         code = "UNAVAILABLE"
         message = (
             f"the gateway's upstream registry {what}" if status == 502 else "the upstream registry timed out"
@@ -345,17 +394,47 @@ def _abort(request: web.BaseRequest) -> None:
         transport.abort()
 
 
-class _CountingBody:
-    """An async iterable over the client's body that counts bytes on the way."""
+class RequestBody:
+    """The client's request body as an async iterable, with an idle timeout per read.
 
-    def __init__(self, stream, counters: dict):
+    The first chunk is read before the upstream request starts (`read_first`). A
+    failure on the client's side (stall, disconnect, malformed chunk) is kept in
+    `failure`, so the handler can tell it from an upstream failure.
+    """
+
+    def __init__(self, stream, counters: dict, idle_timeout: float):
         self._stream = stream
         self._counters = counters
+        self._timeout = idle_timeout
+        self._first = b""
+        self.failure: BaseException | None = None
+
+    async def _read(self) -> bytes:
+        try:
+            async with asyncio.timeout(self._timeout):
+                chunk = await self._stream.readany()
+        except (TimeoutError, BadHttpMessage, ConnectionError, aiohttp.ClientConnectionError) as exc:
+            self.failure = exc
+            raise
+        self._counters["in"] += len(chunk)
+        return chunk
+
+    async def read_first(self) -> BaseException | None:
+        try:
+            self._first = await self._read()
+        except (TimeoutError, BadHttpMessage, ConnectionError, aiohttp.ClientConnectionError) as exc:
+            return exc
+        return None
 
     def __aiter__(self):
         return self._iterate()
 
     async def _iterate(self):
-        async for chunk in self._stream.iter_any():
-            self._counters["in"] += len(chunk)
+        if self._first:
+            yield self._first
+            self._first = b""
+        while True:
+            chunk = await self._read()
+            if not chunk:
+                return
             yield chunk

@@ -141,9 +141,30 @@ def print_trust_hint(config: Config, ca_path: Path | None, addresses: list[str])
     print(f"  podman:   copy it to /etc/containers/certs.d/{shown}:{port}/ca.crt")
 
 
+def raise_file_limit(wanted: int) -> None:
+    """Raise the soft open-file limit toward `wanted`, since each connection costs two."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows has no RLIMIT_NOFILE.
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        log.debug("Raised the open-file limit from %d to %d", soft, target)
+    if target < wanted:
+        log.warning(
+            "The open-file limit is %d, below the %d that limits.max_connections needs; "
+            "raise it (ulimit -n, or LimitNOFILE= in a systemd unit).",
+            target, wanted,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     config = build_config(args)
     setup_logging(config.log_level)
+    # Each client connection holds a socket and, while busy, one to the upstream.
+    raise_file_limit(2 * config.max_connections + 64)
     cert, key, ca_path = prepare_tls(config)
     context = make_ssl_context(cert, key, config.client_ca)
     if sys.platform == "win32":  # pragma: no cover - the peek on accept needs a selector loop.

@@ -24,15 +24,20 @@ from aiohttp import web
 
 from gateway.config import Config, Listener, format_host_port
 from gateway.errors import CertificateError, ConfigError
-from gateway.proxy import API_VERSION, API_VERSION_HEADER, Proxy
+from gateway.logs import RateLimitedLog
+from gateway.protocol import GatewayServer
+from gateway.proxy import API_VERSION, API_VERSION_HEADER, Proxy, registry_error
 
 log = logging.getLogger("gateway.server")
+overload_log = RateLimitedLog(log)
 
 TLS_HANDSHAKE = 0x16
 FIRST_BYTE_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
 PLAIN_HEAD_LIMIT = 16 * 1024
 BACKLOG = 1024
+KEEPALIVE_TIMEOUT = 75.0
+LINGERING_TIME = 2.0
 
 # Mozilla's "intermediate" TLS 1.2 cipher list (server-side TLS guidelines, v5.7);
 # TLS 1.3 suites are fixed by OpenSSL and all acceptable.
@@ -170,15 +175,21 @@ class Gateway:
             sock = bind_listener(listener)
             self.bound.append(_BoundListener(listener, sock))
         await self.proxy.start()
-        self._server = web.Server(
-            self.proxy.handle,
+        limits = dict(
             auto_decompress=False,
             handler_cancellation=False,
             access_log=None,
-            keepalive_timeout=75,
-            max_line_size=8190,
-            max_field_size=8190,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+            max_line_size=self.config.max_request_line,
+            max_field_size=self.config.max_header_size,
+            max_headers=self.config.max_headers,
+            header_timeout=self.config.header_timeout,
+            # After an early answer (408, 400, 503) aiohttp reads on to the end of
+            # the body before closing; a stalled client is not worth 10 s of that.
+            lingering_time=LINGERING_TIME,
         )
+        self._server = GatewayServer(self.proxy.handle, **limits)
+        self._overload_server = GatewayServer(self._refuse_overload, **limits)
         loop = asyncio.get_running_loop()
         for bound in self.bound:
             bound.task = loop.create_task(self._accept_loop(bound.sock))
@@ -212,15 +223,39 @@ class Gateway:
             conn.close()
             return
         if first[0] == TLS_HANDSHAKE:
+            factory = self._server
+            if self.open_connections > self.config.max_connections:
+                factory = self._overload_server
             try:
                 await loop.connect_accepted_socket(
-                    self._server, conn, ssl=self.ssl_context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+                    factory, conn, ssl=self.ssl_context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
                 )
             except (OSError, ssl.SSLError, TimeoutError) as exc:
                 log.debug("TLS handshake failed: %s", exc)
                 conn.close()
             return
         await self._answer_plain_http(loop, conn)
+
+    @property
+    def open_connections(self) -> int:
+        """Connections being served, plus those still before or in their handshake."""
+        served = len(self._server.connections) if self._server is not None else 0
+        return served + len(self._connections)
+
+    async def _refuse_overload(self, request: web.BaseRequest) -> web.StreamResponse:
+        overload_log.warning(
+            "max-connections",
+            "Refused a connection from %s: %d connections are open, limits.max_connections is %d",
+            request.remote or "-",
+            self.open_connections,
+            self.config.max_connections,
+        )
+        response = registry_error(
+            503, "UNAVAILABLE", "the gateway has too many open connections; retry shortly"
+        )
+        response.headers["Retry-After"] = "1"
+        response.force_close()
+        return response
 
     async def _answer_plain_http(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
         try:
@@ -280,7 +315,12 @@ class Gateway:
                 self.proxy.in_flight,
             )
         if self._server is not None:
-            await self._server.shutdown(timeout=1.0)
+            # close() ends idle keep-alive connections at once and busy ones after
+            # their current request; shutdown() then waits for those briefly.
+            for server in (self._server, self._overload_server):
+                for handler in server.connections:
+                    handler.close()
+                await server.shutdown(timeout=1.0)
         for task in list(self._connections):
             task.cancel()
         await self.proxy.close()

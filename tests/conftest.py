@@ -89,3 +89,7 @@ async def running_gateway(config: Config, local_ca: Path):
         yield gateway
     finally:
         await gateway.stop()
+
+
+# The real dockerd fixture, shared by every test module that asks for `dockerd`.
+from tests.dockerd import dockerd  # noqa: E402,F401
