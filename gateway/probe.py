@@ -57,6 +57,7 @@ NOT_A_REGISTRY = "NOT_A_REGISTRY"
 PLAINTEXT_NOT_HTTP = "PLAINTEXT_NOT_TLS"
 TLS_ALERT = "TLS_ALERT"
 CLOSED = "CLOSED_WITHOUT_REPLY"
+RESET = "CONNECTION_RESET"
 SILENT = "NO_REPLY"
 AUTH_REALM_PROBLEM = "AUTH_REALM_PROBLEM"
 REFUSED = "CONNECTION_REFUSED"
@@ -79,6 +80,7 @@ VERDICT_TITLES = {
     PLAINTEXT_NOT_HTTP: "plaintext service, not TLS",
     TLS_ALERT: "TLS alert from the server",
     CLOSED: "connection closed without a reply",
+    RESET: "connection reset by the server",
     SILENT: "no reply to the TLS ClientHello",
     AUTH_REALM_PROBLEM: "auth realm problem",
     REFUSED: "connection refused",

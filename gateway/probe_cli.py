@@ -208,6 +208,8 @@ def render(report: probe.Report) -> str:
 
 def verdict_line(address: str, ca_files: list[Path] | None = None) -> str:
     """Probe `address` and return `probe ADDRESS: VERDICT`, the one line the demo prints."""
-    options = probe.Options(ca_files=list(ca_files or []), cert_dir=None, client="podman")
+    options = probe.Options(
+        ca_files=list(ca_files or []), cert_dir=None, client="podman"
+    )
     report = probe.run(probe.parse_target(address), options)
     return f"probe {report.target.authority}: {probe.VERDICT_TITLES[report.verdict]}"

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from gateway import probe_verify
-from gateway.probe import Options, Report
+from gateway.probe import Options, Report, join_host_port
 
 RECORD_HANDSHAKE = 0x16
 RECORD_ALERT = 0x15
@@ -23,6 +23,7 @@ MAX_PLAUSIBLE_VERSION = 0x1000
 # TLS 1.2 allows 2^14 bytes of plaintext plus 2048 of expansion (RFC 5246 6.2.3).
 MAX_CIPHERTEXT = 16384 + 2048
 MAX_HANDSHAKE_ROUNDS = 20
+HANDSHAKE_TIMEOUT = "net/http: TLS handshake timeout"
 
 # Alert descriptions as Go's crypto/tls alert.go names them (RFC 8446 6).
 ALERT_TEXTS = {
@@ -187,36 +188,9 @@ def _read_first(sock: socket.socket, deadline: float) -> tuple[bytes, bool, bool
 
 def probe_transport(report: Report, sock: socket.socket, options: Options) -> TLSResult:
     """Step 3 and 4: ClientHello, first bytes, handshake, then the certificate checks."""
-    target = report.target
-    started = time.monotonic()
-    deadline = started + options.timeout
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    server_name = None if target.is_ip else target.host
-    tls = client_hello_context().wrap_bio(
-        incoming, outgoing, server_hostname=server_name
-    )
+    handshake = Handshake(report, sock, options)
     try:
-        try:
-            tls.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
-        sock.sendall(outgoing.read())
-        data, closed, timed_out, reset = _read_first(sock, deadline)
-        first = classify_first_bytes(data, closed, timed_out, reset)
-        report.evidence["first_bytes"] = first.preview or preview_bytes(data)
-        report.evidence["first_bytes_kind"] = first.kind
-        if first.kind != "tls-handshake":
-            report.step(
-                "tls", "failed", first.detail, options.timeout, started, first.go_error
-            )
-            if first.kind == "http":
-                report.evidence["http_status_line"] = data.split(b"\r\n", 1)[0].decode(
-                    "latin-1"
-                )
-            return TLSResult(first.kind)
-        result = _finish_handshake(
-            report, sock, tls, incoming, outgoing, data, deadline, started, options
-        )
+        result = handshake.run()
     finally:
         sock.close()
     if result.kind == "tls-handshake":
@@ -224,88 +198,120 @@ def probe_transport(report: Report, sock: socket.socket, options: Options) -> TL
     return result
 
 
-def _finish_handshake(
-    report, sock, tls, incoming, outgoing, data, deadline, started, options
-) -> TLSResult:
-    incoming.write(data)
-    for _ in range(MAX_HANDSHAKE_ROUNDS):
-        try:
-            tls.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            pending = outgoing.read()
-            if pending:
-                sock.sendall(pending)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                report.step(
-                    "tls",
-                    "failed",
-                    "The TLS handshake did not finish within the timeout.",
-                    options.timeout,
-                    started,
-                    "net/http: TLS handshake timeout",
-                )
-                return TLSResult("silence")
-            sock.settimeout(remaining)
-            try:
-                chunk = sock.recv(65536)
-            except (socket.timeout, ConnectionResetError):
-                chunk = b""
-            if not chunk:
-                report.step(
-                    "tls",
-                    "failed",
-                    "The server closed the connection during the TLS handshake.",
-                    options.timeout,
-                    started,
-                    "EOF",
-                )
-                return TLSResult("closed")
-            incoming.write(chunk)
-        except ssl.SSLError as exc:
-            text = _alert_text(exc)
-            report.step(
-                "tls",
-                "failed",
-                f"The TLS handshake failed: {exc.reason or exc}.",
-                options.timeout,
-                started,
-                text,
-            )
-            report.evidence["tls_error"] = str(exc.reason or exc)
-            return TLSResult("tls-alert")
-    else:  # pragma: no cover - a handshake needs a handful of rounds, never twenty
-        report.step(
-            "tls",
-            "failed",
-            "The TLS handshake did not finish.",
-            options.timeout,
-            started,
-            "net/http: TLS handshake timeout",
-        )
-        return TLSResult("silence")
-    pending = outgoing.read()
-    if pending:
-        sock.sendall(pending)
+class Handshake:
+    """One TLS handshake over a connected socket, driven through memory BIOs."""
 
-    # NOTE: `_sslobj.get_unverified_chain()` is private in Python 3.11 (public
-    # as SSLSocket.get_unverified_chain from 3.13); the leaf alone is the fallback.
-    chain = []
-    getter = getattr(getattr(tls, "_sslobj", None), "get_unverified_chain", None)
-    if getter is not None:
-        chain = [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in getter() or []]
-    if not chain:
-        chain = [tls.getpeercert(binary_form=True)]
-    version, cipher = tls.version() or "", (tls.cipher() or ("",))[0]
-    report.evidence["tls_version"] = version
-    report.evidence["cipher"] = cipher
-    report.evidence["alpn"] = tls.selected_alpn_protocol() or ""
-    detail = (
-        f"TLS handshake done: {version}, {cipher}, {len(chain)} certificate(s) sent."
-    )
-    report.step("tls", "ok", detail, options.timeout, started)
-    return TLSResult("tls-handshake", chain, version, cipher)
+    def __init__(self, report: Report, sock: socket.socket, options: Options):
+        self.report, self.sock, self.options = report, sock, options
+        self.started = time.monotonic()
+        self.deadline = self.started + options.timeout
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        target = report.target
+        server_name = None if target.is_ip else target.host
+        self.tls = client_hello_context().wrap_bio(
+            self.incoming, self.outgoing, server_hostname=server_name
+        )
+        # getpeername() fails once the peer has reset, so the remote end comes from
+        # the address the connect step used.
+        local = sock.getsockname()
+        remote = join_host_port(
+            report.evidence.get("address", target.host), target.port
+        )
+        self.ends = f"{join_host_port(*local[:2])}->{remote}"
+
+    def fail(self, kind: str, detail: str, go_error: str) -> TLSResult:
+        self.report.step(
+            "tls", "failed", detail, self.options.timeout, self.started, go_error
+        )
+        return TLSResult(kind)
+
+    def run(self) -> TLSResult:
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        try:
+            self.sock.sendall(self.outgoing.read())
+        except (ConnectionResetError, BrokenPipeError):
+            data, closed, timed_out, reset = b"", False, False, True
+        else:
+            data, closed, timed_out, reset = _read_first(self.sock, self.deadline)
+        first = classify_first_bytes(data, closed, timed_out, reset)
+        if first.kind == "reset":
+            # Go names both ends, e.g. `read tcp 127.0.0.1:36916->127.0.0.1:5000: ...`.
+            first.go_error = f"read tcp {self.ends}: {first.go_error}"
+        evidence = self.report.evidence
+        evidence["first_bytes"] = first.preview or preview_bytes(data)
+        evidence["first_bytes_kind"] = first.kind
+        if first.kind == "http":
+            status_line = data.split(b"\r\n", 1)[0]
+            evidence["http_status_line"] = status_line.decode("latin-1")
+        if first.kind != "tls-handshake":
+            return self.fail(first.kind, first.detail, first.go_error)
+        self.incoming.write(data)
+        return self.finish()
+
+    def finish(self) -> TLSResult:
+        """Feed server bytes to the TLS object until the handshake completes or fails."""
+        for _ in range(MAX_HANDSHAKE_ROUNDS):
+            try:
+                self.tls.do_handshake()
+                return self.done()
+            except ssl.SSLWantReadError:
+                failure = self.exchange()
+                if failure is not None:
+                    return failure
+            except ssl.SSLError as exc:
+                self.report.evidence["tls_error"] = str(exc.reason or exc)
+                detail = f"The TLS handshake failed: {exc.reason or exc}."
+                return self.fail("tls-alert", detail, _alert_text(exc))
+        # A handshake takes a handful of rounds, so this line is not reached.
+        detail = "The TLS handshake did not finish."  # pragma: no cover
+        return self.fail("silence", detail, HANDSHAKE_TIMEOUT)  # pragma: no cover
+
+    def exchange(self) -> TLSResult | None:
+        """Send what the TLS object wrote and read the server's next bytes."""
+        pending = self.outgoing.read()
+        if pending:
+            self.sock.sendall(pending)
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            detail = "The TLS handshake did not finish within the timeout."
+            return self.fail("silence", detail, HANDSHAKE_TIMEOUT)
+        self.sock.settimeout(remaining)
+        try:
+            chunk = self.sock.recv(65536)
+        except (socket.timeout, ConnectionResetError):
+            chunk = b""
+        if not chunk:
+            detail = "The server closed the connection during the TLS handshake."
+            return self.fail("closed", detail, "EOF")
+        self.incoming.write(chunk)
+        return None
+
+    def done(self) -> TLSResult:
+        pending = self.outgoing.read()
+        if pending:
+            self.sock.sendall(pending)
+
+        # NOTE: `_sslobj.get_unverified_chain()` is private in Python 3.11 (public
+        # as SSLSocket.get_unverified_chain from 3.13); the leaf alone is the fallback.
+        tls = self.tls
+        chain = []
+        getter = getattr(getattr(tls, "_sslobj", None), "get_unverified_chain", None)
+        if getter is not None:
+            chain = [c.public_bytes(ssl._ssl.ENCODING_DER) for c in getter() or []]
+        if not chain:
+            chain = [tls.getpeercert(binary_form=True)]
+
+        version, cipher = tls.version() or "", (tls.cipher() or ("",))[0]
+        evidence = self.report.evidence
+        evidence["tls_version"] = version
+        evidence["cipher"] = cipher
+        evidence["alpn"] = tls.selected_alpn_protocol() or ""
+        detail = f"TLS handshake done: {version}, {cipher}, {len(chain)} certificate(s) sent."
+        self.report.step("tls", "ok", detail, self.options.timeout, self.started)
+        return TLSResult("tls-handshake", chain, version, cipher)
 
 
 def _alert_text(exc: ssl.SSLError) -> str:

@@ -10,7 +10,7 @@ GATEWAY_PORT = 5443
 TRANSPORT_VERDICTS = {
     "tls-alert": probe.TLS_ALERT,
     "closed": probe.CLOSED,
-    "reset": probe.CLOSED,
+    "reset": probe.RESET,
     "silence": probe.SILENT,
 }
 CONNECT_VERDICTS = {
@@ -134,104 +134,133 @@ def _realm_summary(report: Report) -> str:
     )
 
 
+CHECK_LISTENER = (
+    "registry",
+    "Check what listens on {authority}: the registry must speak HTTPS there, "
+    "or plain HTTP behind the gateway.",
+    "",
+)
+REISSUE = (
+    "registry",
+    "Reissue the registry's certificate with the SAN {san}; the gateway generates "
+    "such a certificate.",
+    "registry-gateway serve --upstream http://{authority} --name {host}",
+)
+
+# Per verdict, the fixes best first as (side, text, command) templates.
+FIXES = {
+    probe.PLAIN_HTTP_REGISTRY: [
+        (
+            "gateway",
+            "Put the gateway in front of the registry; clients then use "
+            "https://{host}:{gateway_port} and trust its CA.",
+            "registry-gateway serve --upstream http://{authority} --name {host}",
+        ),
+        (
+            "client",
+            "Install the gateway's CA on each client as "
+            "/etc/docker/certs.d/{host}:{gateway_port}/ca.crt.",
+            "registry-gateway certs export --host {host}:{gateway_port} --for docker",
+        ),
+        (
+            "client",
+            "Or, on a trusted network only, list {authority} in each client's "
+            "insecure-registries and restart dockerd.",
+            "registry-gateway snippet docker {authority} --insecure",
+        ),
+    ],
+    probe.UNKNOWN_AUTHORITY: [
+        (
+            "client",
+            "Trust the CA that issued the registry's certificate: copy it to "
+            "/etc/docker/certs.d/{reference}/ca.crt (no restart needed). If the "
+            "registry is behind registry-gateway, this command writes it.",
+            "registry-gateway certs export --host {authority} --for docker",
+        )
+    ],
+    probe.CHAIN_INCOMPLETE: [
+        (
+            "registry",
+            "Serve the leaf certificate followed by the intermediate: append the "
+            "intermediate to the registry's certificate file and restart it.",
+            "",
+        )
+    ],
+    probe.NAME_MISMATCH: [
+        REISSUE,
+        ("client", "Or connect by a name the certificate's SANs list.", ""),
+    ],
+    probe.EXPIRED: [
+        (
+            "registry",
+            "Renew the registry's certificate, and check that the registry's and this "
+            "machine's clocks agree (both times are shown above).",
+            "",
+        )
+    ],
+    probe.AUTH_REALM_PROBLEM: [
+        (
+            "registry",
+            "Serve the token endpoint over TLS with a certificate for its host (for "
+            "example behind the gateway) and point the realm in the registry's auth "
+            "config at that https:// URL.",
+            "",
+        )
+    ],
+    probe.NOT_A_REGISTRY: [
+        (
+            "registry",
+            "Point the clients at the registry's port, or run the registry on "
+            "{authority}: this port serves something else.",
+            "",
+        )
+    ],
+    probe.REFUSED: [
+        (
+            "registry",
+            "Start the registry on {authority}, or use the port it listens on; nothing "
+            "accepts connections there.",
+            "",
+        )
+    ],
+    probe.UNRESOLVABLE: [
+        (
+            "client",
+            "Add {host} to this machine's DNS or hosts file (/etc/hosts), on every "
+            "client.",
+            "",
+        )
+    ],
+}
+FIXES[probe.SELF_SIGNED] = FIXES[probe.UNKNOWN_AUTHORITY]
+FIXES[probe.IP_SAN_MISSING] = FIXES[probe.CN_ONLY] = FIXES[probe.NAME_MISMATCH]
+FIXES[probe.NOT_YET_VALID] = FIXES[probe.EXPIRED]
+for _verdict in (
+    probe.PLAINTEXT_NOT_HTTP,
+    probe.TLS_ALERT,
+    probe.CLOSED,
+    probe.RESET,
+    probe.SILENT,
+    probe.TIMEOUT,
+    probe.UNREACHABLE,
+):
+    FIXES[_verdict] = [CHECK_LISTENER]
+
+
 def fixes(report: Report) -> list[Fix]:
     """List the fixes for the verdict, best first, each naming the side to change."""
     target = report.target
-    host, authority = target.host, target.authority
-    gateway = Fix(
-        "gateway",
-        f"Put the gateway in front of the registry; clients then use https://{host}:{GATEWAY_PORT} and trust its CA.",
-        f"registry-gateway serve --upstream http://{authority} --name {host}",
-    )
-    export = Fix(
-        "client",
-        f"Install the gateway's CA on each client as /etc/docker/certs.d/{host}:{GATEWAY_PORT}/ca.crt.",
-        f"registry-gateway certs export --host {host}:{GATEWAY_PORT} --for docker",
-    )
-    verdict = report.verdict
-    if verdict == probe.PLAIN_HTTP_REGISTRY:
-        insecure = Fix(
-            "client",
-            f"Or, on a trusted network only, list {authority} in each client's insecure-registries and restart dockerd.",
-            f"registry-gateway snippet docker {authority} --insecure",
-        )
-        return [gateway, export, insecure]
-    if verdict in (probe.UNKNOWN_AUTHORITY, probe.SELF_SIGNED):
-        return [
-            Fix(
-                "client",
-                f"Trust the CA that issued the registry's certificate: copy it to /etc/docker/certs.d/{target.reference}/ca.crt "
-                "(no restart needed). If the registry is behind registry-gateway, this command writes it.",
-                f"registry-gateway certs export --host {authority} --for docker",
-            )
-        ]
-    if verdict == probe.CHAIN_INCOMPLETE:
-        return [
-            Fix(
-                "registry",
-                "Serve the leaf certificate followed by the intermediate: append the intermediate to the registry's certificate file and restart it.",
-            )
-        ]
-    if verdict in (probe.NAME_MISMATCH, probe.IP_SAN_MISSING, probe.CN_ONLY):
-        address = "IP" if target.is_ip else "DNS"
-        return [
-            Fix(
-                "registry",
-                f"Reissue the registry's certificate with the SAN {address}:{host}; the gateway generates such a certificate.",
-                f"registry-gateway serve --upstream http://{authority} --name {host}",
-            ),
-            Fix("client", "Or connect by a name the certificate's SANs list."),
-        ]
-    if verdict in (probe.EXPIRED, probe.NOT_YET_VALID):
-        return [
-            Fix(
-                "registry",
-                "Renew the registry's certificate, and check that the registry's and this machine's clocks agree (both times are shown above).",
-            )
-        ]
-    if verdict == probe.AUTH_REALM_PROBLEM:
-        return [
-            Fix(
-                "registry",
-                "Serve the token endpoint over TLS with a certificate for its host (for example behind the gateway) and point the realm in the registry's auth config at that https:// URL.",
-            )
-        ]
-    if verdict == probe.NOT_A_REGISTRY:
-        return [
-            Fix(
-                "registry",
-                f"Point the clients at the registry's port, or run the registry on {authority}: this port serves something else.",
-            )
-        ]
-    if verdict == probe.REFUSED:
-        return [
-            Fix(
-                "registry",
-                f"Start the registry on {authority}, or use the port it listens on; nothing accepts connections there.",
-            )
-        ]
-    if verdict == probe.UNRESOLVABLE:
-        return [
-            Fix(
-                "client",
-                f"Add {host} to this machine's DNS or hosts file (/etc/hosts), on every client.",
-            )
-        ]
-    if verdict in (
-        probe.PLAINTEXT_NOT_HTTP,
-        probe.TLS_ALERT,
-        probe.CLOSED,
-        probe.SILENT,
-        probe.TIMEOUT,
-        probe.UNREACHABLE,
-    ):
-        return [
-            Fix(
-                "registry",
-                f"Check what listens on {authority}: the registry must speak HTTPS there (or plain HTTP behind the gateway).",
-            )
-        ]
-    return []
+    values = {
+        "host": target.host,
+        "authority": target.authority,
+        "reference": target.reference,
+        "gateway_port": GATEWAY_PORT,
+        "san": f"{'IP' if target.is_ip else 'DNS'}:{target.host}",
+    }
+    return [
+        Fix(side, text.format(**values), command.format(**values))
+        for side, text, command in FIXES.get(report.verdict, [])
+    ]
 
 
 def _add_findings(report: Report) -> None:

@@ -7,6 +7,9 @@ import datetime
 import ipaddress
 import re
 import shutil
+import socket
+import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -241,3 +244,64 @@ def stop(process: subprocess.Popen) -> None:
 
 def have_skopeo() -> bool:
     return shutil.which("skopeo") is not None
+
+
+class RawServer:
+    """A loopback TCP server that misbehaves on purpose: close, reset, silence or a banner."""
+
+    def __init__(self, behaviour: str, ssl_context=None, max_connections: int = 20):
+        self.behaviour, self.ssl_context = behaviour, ssl_context
+        self.max_connections = max_connections
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._open: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        served = 0
+        while not self._stop.is_set() and served < self.max_connections:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            served += 1
+            self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        if self.behaviour in ("close", "reset"):
+            # Read the ClientHello first, so the client has connected and waits for a
+            # reply; closing with unread data would send a reset instead of a close.
+            conn.settimeout(2)
+            try:
+                conn.recv(65536)
+            except OSError:
+                pass
+            if self.behaviour == "reset":
+                linger = struct.pack("ii", 1, 0)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            conn.close()
+        elif self.behaviour == "banner":
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+            conn.close()
+        elif self.behaviour == "tls-alert":
+            conn.settimeout(2)
+            try:
+                tls = self.ssl_context.wrap_socket(conn, server_side=True)
+                tls.close()
+            except (ssl.SSLError, OSError):
+                conn.close()
+        else:  # silent: keep the connection open and send nothing
+            self._open.append(conn)
+
+    def __enter__(self) -> "RawServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for conn in self._open:
+            conn.close()
+        self.sock.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
 
 import pytest
@@ -496,3 +497,52 @@ def test_cli_exit_codes(registry):
     status, _, errors = support.cli("registry.local:http")
     assert status == 1
     assert errors.startswith("Error: Invalid port 'http'")
+
+
+EPHEMERAL = re.compile(r"read tcp 127\.0\.0\.1:\d+->")
+
+
+def alert_context(tmp_path, root_ca) -> ssl.SSLContext:
+    """A server context that answers every SNI name with an unrecognized_name alert."""
+    context = server_context(tmp_path, root_ca)
+    context.sni_callback = lambda *_: ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+    return context
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "verdict", "go_error"),
+    [
+        ("close", probe.CLOSED, "EOF"),
+        (
+            "banner",
+            probe.PLAINTEXT_NOT_HTTP,
+            "tls: first record does not look like a TLS handshake",
+        ),
+        ("tls-alert", probe.TLS_ALERT, "remote error: tls: unrecognized name"),
+        ("reset", probe.RESET, "read: connection reset by peer"),
+    ],
+)
+def test_misbehaving_listener(tmp_path, root_ca, behaviour, verdict, go_error):
+    """A listener that closes, resets, sends a banner or a TLS alert, by name."""
+    with support.RawServer(behaviour, alert_context(tmp_path, root_ca)) as server:
+        reference = f"localhost:{server.port}"
+        report = run_probe(reference)
+        assert report.verdict == verdict
+        assert report.go_error.endswith(go_error)
+        predicted = prediction(report, "podman").core
+        real = skopeo_inspect(f"{reference}/{IMAGE}")
+    # Go names the client's ephemeral port, which differs between the two runs.
+    assert EPHEMERAL.sub("read tcp 127.0.0.1:<port>->", predicted) == EPHEMERAL.sub(
+        "read tcp 127.0.0.1:<port>->", real
+    )
+
+
+@pytest.mark.slow
+def test_silent_listener(root_ca):
+    """A listener that accepts and never replies: Go's TLS handshake timeout (20 s in skopeo)."""
+    with support.RawServer("silent") as server:
+        reference = f"127.0.0.1:{server.port}"
+        report = run_probe(reference)
+        assert report.verdict == probe.SILENT
+        assert report.steps[-1].duration_ms >= 2900
+        assert_skopeo_parity(report, reference)
