@@ -202,6 +202,7 @@ class Options:
     # The image the predicted messages name; placeholders unless --image is given.
     repository: str = "<repo>"
     tag: str = "<tag>"
+    push_check: bool = False
 
 
 @dataclass
@@ -221,10 +222,12 @@ class Report:
     clients: list = field(default_factory=list)
     repository: str = "<repo>"
     tag: str = "<tag>"
+    push_check: bool = False
 
     @property
     def ok(self) -> bool:
-        return bool(self.clients) and all(c.ok for c in self.clients)
+        clients_ok = bool(self.clients) and all(c.ok for c in self.clients)
+        return clients_ok and not any(f.level == "Error" for f in self.findings)
 
     def step(
         self,
@@ -279,5 +282,9 @@ def run(target: Target, options: Options) -> Report:
             if tls.kind in ("tls-handshake", "http", "plaintext"):
                 probe_http.get_v2(report, address, tls.kind == "tls-handshake", options)
     verdicts.decide(report, options)
+    if options.push_check:
+        from gateway import probe_push
+
+        probe_push.run(report, options)
     clients.predict(report, options)
     return report

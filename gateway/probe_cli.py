@@ -64,6 +64,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the image the predicted messages name (default <repo>:<tag>)",
     )
     parser.add_argument(
+        "--push-check",
+        action="store_true",
+        help="also start and cancel a blob upload in --image's repository and check "
+        "the manifest's digest header (needs push access without credentials)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=5.0,
@@ -119,6 +125,7 @@ def options_from(args: argparse.Namespace) -> probe.Options:
         client=args.client,
         timeout=args.timeout,
         system_trust=not args.no_system_trust,
+        push_check=args.push_check,
     )
 
 

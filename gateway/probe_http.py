@@ -46,8 +46,16 @@ def http_request(
     use_tls: bool,
     timeout: float,
     path: str = "/v2/",
+    method: str = "GET",
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    max_body: int = MAX_BODY,
 ) -> tuple[int, str, dict, bytes]:
-    """Send one GET and return status, reason, headers (lower-case names) and up to MAX_BODY bytes."""
+    """Send one request and return status, reason, headers (lower-case names) and body.
+
+    The body is cut at `max_body` bytes. A server that answers before reading the
+    whole request body (an early 413) still has its response read.
+    """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -58,16 +66,28 @@ def http_request(
             sock = probe_tls.client_hello_context().wrap_socket(
                 sock, server_hostname=server_name
             )
-        request = (
-            f"GET {path} HTTP/1.1\r\nHost: {join_host_port(host, port)}\r\n"
-            "User-Agent: registry-gateway-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-        )
-        sock.sendall(request.encode("ascii"))
-        response = http.client.HTTPResponse(sock)
+        lines = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: {join_host_port(host, port)}",
+            "User-Agent: registry-gateway-probe",
+            "Connection: close",
+        ]
+        names = {name.lower() for name, _ in headers or []}
+        if "accept" not in names:
+            lines.append("Accept: */*")
+        lines += [f"{name}: {value}" for name, value in headers or []]
+        if body or method in ("POST", "PUT", "PATCH"):
+            lines.append(f"Content-Length: {len(body)}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+        try:
+            sock.sendall(head + body)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            pass
+        response = http.client.HTTPResponse(sock, method=method)
         response.begin()
-        body = response.read(MAX_BODY)
-        headers = {name.lower(): value for name, value in response.getheaders()}
-        return response.status, response.reason, headers, body
+        data = response.read(max_body) if method != "HEAD" else b""
+        names_values = {name.lower(): value for name, value in response.getheaders()}
+        return response.status, response.reason, names_values, data
     finally:
         sock.close()
 

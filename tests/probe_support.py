@@ -136,6 +136,7 @@ def run_probe(
     cert_dir: Path | None = None,
     client: str = "all",
     image: str = "rig/test:v1",
+    push_check: bool = False,
 ) -> probe.Report:
     """Run the probe in-process with no system CA store, as the tests' clients trust none."""
     repository, _, tag = image.partition(":")
@@ -147,6 +148,7 @@ def run_probe(
         system_trust=False,
         repository=repository,
         tag=tag,
+        push_check=push_check,
     )
     return probe.run(probe.parse_target(target), options)
 
