@@ -108,6 +108,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="hosts file for --local (default /etc/hosts)",
     )
+    parser.add_argument(
+        "--containerd-config",
+        type=Path,
+        metavar="FILE",
+        help="containerd config.toml for --local (default /etc/containerd/config.toml)",
+    )
+    parser.add_argument(
+        "--registries-conf",
+        type=Path,
+        metavar="FILE",
+        help="podman registries.conf for --local "
+        "(default $CONTAINERS_REGISTRIES_CONF or /etc/containers/registries.conf)",
+    )
     parser.set_defaults(func=run, parser=parser)
 
 
@@ -152,7 +165,14 @@ def run_local(args: argparse.Namespace) -> int:
     from gateway import probe_local
 
     target = probe.parse_target(args.local)
-    result = probe_local.audit(target, args.daemon_json, args.cert_dir, args.hosts_file)
+    paths = probe_local.AuditPaths(
+        daemon_json=args.daemon_json,
+        certs_dir=args.cert_dir,
+        hosts_file=args.hosts_file,
+        containerd_config=args.containerd_config,
+        registries_conf=args.registries_conf,
+    )
+    result = probe_local.audit(target, paths)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:

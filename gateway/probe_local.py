@@ -14,7 +14,9 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import socket
+import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +33,10 @@ NEAR_MISS_KEYS = (
     "insecure-registers",
 )
 IMPLICIT_CIDR = "127.0.0.0/8"
+# Ubuntu and Debian's old init scripts read DOCKER_OPTS from here; the systemd
+# unit shipped with docker does not.
+DOCKER_ENV_FILE = Path("/etc/default/docker")
+DOCKER_INFO_TIMEOUT = 5.0
 
 
 @dataclass
@@ -46,6 +52,8 @@ class LocalAudit:
     entries: list[str] = field(default_factory=list)
     hosts_addresses: list[str] = field(default_factory=list)
     ca_files: list[str] = field(default_factory=list)
+    daemon_json_valid: bool = True
+    effective_insecure: bool | None = None
     findings: list[probe.Finding] = field(default_factory=list)
 
     def add(self, level: str, text: str) -> None:
@@ -76,16 +84,27 @@ def default_daemon_json() -> Path:
     return Path("/etc/docker/daemon.json")
 
 
-def audit(
-    target: probe.Target,
-    daemon_json: Path | None = None,
-    certs_dir: Path | None = None,
-    hosts_file: Path | None = None,
-) -> LocalAudit:
+@dataclass
+class AuditPaths:
+    """The files the audit reads; None means this platform's default."""
+
+    daemon_json: Path | None = None
+    certs_dir: Path | None = None
+    hosts_file: Path | None = None
+    docker_env_file: Path = DOCKER_ENV_FILE
+    containerd_config: Path | None = None
+    registries_conf: Path | None = None
+    docker_bin: str | None = None
+
+
+def audit(target: probe.Target, paths: AuditPaths | None = None) -> LocalAudit:
     """Run every local check for `target` and return the audit."""
-    daemon_json = daemon_json or default_daemon_json()
-    certs_dir = certs_dir or Path("/etc/docker/certs.d")
-    hosts_file = hosts_file or probe_net.HOSTS_FILE
+    from gateway import probe_local_clients
+
+    paths = paths or AuditPaths()
+    daemon_json = paths.daemon_json or default_daemon_json()
+    certs_dir = paths.certs_dir or Path("/etc/docker/certs.d")
+    hosts_file = paths.hosts_file or probe_net.HOSTS_FILE
     result = LocalAudit(
         target.reference, str(daemon_json), str(certs_dir), str(hosts_file)
     )
@@ -93,7 +112,11 @@ def audit(
     entries = read_daemon_json(result, daemon_json)
     result.entries = entries
     match_insecure(result, target, entries)
+    check_env_file(result, target, paths.docker_env_file)
+    check_docker_info(result, target, paths.docker_bin)
     check_certs_dir(result, target, certs_dir)
+    probe_local_clients.check_containerd(result, target, paths.containerd_config)
+    probe_local_clients.check_registries_conf(result, target, paths.registries_conf)
     return result
 
 
@@ -124,6 +147,7 @@ def read_daemon_json(result: LocalAudit, path: Path) -> list[str]:
     try:
         config = json.loads(text)
     except json.JSONDecodeError as exc:
+        result.daemon_json_valid = False
         result.add(
             "Error",
             f"{str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}; dockerd does not start with it. Fix the file, then check it with `dockerd --validate --config-file {path}`.",
@@ -250,7 +274,7 @@ def match_insecure(
         inside = [a for a in addresses if ipaddress.ip_address(a) in network]
         if inside:
             implicit = (
-                " (dockerd adds it to every configuration)"
+                ", which dockerd adds to every configuration"
                 if cidr == IMPLICIT_CIDR
                 else ""
             )
@@ -331,17 +355,106 @@ def check_certs_dir(result: LocalAudit, target: probe.Target, root: Path) -> Non
         )
 
 
+def check_env_file(result: LocalAudit, target: probe.Target, path: Path) -> None:
+    """Flag an --insecure-registry flag in the old init scripts' DOCKER_OPTS file."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return
+    for line in text.splitlines():
+        if line.lstrip().startswith("#") or "insecure-registry" not in line:
+            continue
+        result.add(
+            "Warning",
+            f"{str(path)!r} sets {line.strip()!r}, but dockerd under systemd does not "
+            "read that file. Put the entry in daemon.json instead: "
+            f"registry-gateway snippet docker {target.reference} --insecure",
+        )
+
+
+def registry_config(docker_bin: str | None) -> dict | None:
+    """Return `docker info`'s RegistryConfig, or None when no daemon answers."""
+    binary = docker_bin or shutil.which("docker")
+    if binary is None:
+        return None
+    try:
+        completed = subprocess.run(
+            [binary, "info", "--format", "{{json .RegistryConfig}}"],
+            capture_output=True,
+            text=True,
+            timeout=DOCKER_INFO_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if completed.returncode != 0:
+        return None
+    try:
+        return json.loads(completed.stdout)
+    except json.JSONDecodeError:
+        return None
+
+
+def check_docker_info(
+    result: LocalAudit, target: probe.Target, docker_bin: str | None
+) -> None:
+    """Compare daemon.json with what the running dockerd reports in `docker info`."""
+    config = registry_config(docker_bin)
+    if config is None:
+        if not result.daemon_json_valid:
+            result.add(
+                "Note",
+                "No dockerd answers `docker info`, and daemon.json does not parse: "
+                "that is why dockerd is not running.",
+            )
+        return
+    reference = target.reference
+    index = (config.get("IndexConfigs") or {}).get(reference) or {}
+    effective = index.get("Secure") is False
+    if not effective:
+        addresses = resolved_addresses(target)
+        for cidr in config.get("InsecureRegistryCIDRs") or []:
+            network = ipaddress.ip_network(cidr, strict=False)
+            if any(ipaddress.ip_address(a) in network for a in addresses):
+                effective = True
+    result.effective_insecure = effective
+    if effective == result.insecure:
+        return
+    if result.insecure:
+        result.add(
+            "Warning",
+            f"daemon.json makes {reference} insecure, but the running dockerd does not "
+            "list it in `docker info`: restart dockerd or send it SIGHUP "
+            "(`kill -HUP $(pidof dockerd)`) to load the file.",
+        )
+    else:
+        result.add(
+            "Note",
+            f"The running dockerd treats {reference} as insecure although daemon.json "
+            "does not: it was started with other flags or another --config-file.",
+        )
+
+
 def render(result: LocalAudit) -> str:
-    state = (
-        f"insecure ({result.insecure_reason})"
-        if result.insecure
-        else "secure (verified HTTPS only)"
-    )
+    """Format the audit for people: the insecure decision, the files read, findings."""
+    if result.insecure:
+        state = f"insecure ({result.insecure_reason})"
+    else:
+        state = "secure (verified HTTPS only)"
+    running = {
+        None: "no dockerd answered `docker info`",
+        True: "insecure",
+        False: "secure",
+    }
+    entries = result.entries or "[]"
     lines = [
-        f"{result.target}: this dockerd treats it as {state}.",
-        f"  daemon.json  {result.daemon_json}; insecure-registries: {result.entries or '[]'}",
-        f"  certs.d      {result.certs_dir}; CA files: {', '.join(result.ca_files) or 'none'}",
-        f"  hosts file   {result.hosts_file}; entries: {', '.join(result.hosts_addresses) or 'none'}",
+        f"{result.target}: the docker configuration makes it {state}.",
+        f"  running dockerd  {running[result.effective_insecure]}",
+        f"  daemon.json      {result.daemon_json}; insecure-registries: {entries}",
+        f"  certs.d          {result.certs_dir}; CA files: "
+        + (", ".join(result.ca_files) or "none"),
+        f"  hosts file       {result.hosts_file}; entries: "
+        + (", ".join(result.hosts_addresses) or "none"),
     ]
     lines += [f"{f.level}: {f.text}" for f in result.findings]
     return "\n".join(lines)

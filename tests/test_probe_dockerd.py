@@ -109,3 +109,35 @@ def test_dockerd_tls_failures(dockerd, tmp_path, case, verdict):
     assert real.startswith(
         f'Error response from daemon: Get "https://{reference}/v2/": x509: '
     )
+
+
+def test_dockerd_local_audit_needs_reload(dockerd, monkeypatch, tmp_path):
+    """--local compares daemon.json with `docker info`: an entry not yet loaded is flagged."""
+    from gateway import probe_local
+
+    reference = f"{TEST_NAME}:5299"
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{dockerd.socket}")
+    monkeypatch.setenv("DOCKER_CONFIG", str(dockerd.cli_config))
+    paths = probe_local.AuditPaths(
+        daemon_json=dockerd.daemon_json,
+        certs_dir=dockerd.etc_docker / "certs.d",
+        hosts_file=dockerd.hosts,
+        docker_env_file=tmp_path / "default-docker",
+        containerd_config=tmp_path / "containerd.toml",
+        registries_conf=tmp_path / "registries.conf",
+        docker_bin="/usr/bin/docker",
+    )
+    saved = dockerd.daemon_json.read_text()
+    dockerd.write_daemon_json({"insecure-registries": [reference]})
+    try:
+        before = probe_local.audit(probe.parse_target(reference), paths)
+        dockerd.reload()
+        after = probe_local.audit(probe.parse_target(reference), paths)
+    finally:
+        dockerd.daemon_json.write_text(saved)
+        dockerd.reload()
+    assert before.insecure
+    assert before.effective_insecure is False
+    assert any("send it SIGHUP" in f.text for f in before.findings)
+    assert after.effective_insecure is True
+    assert not any("send it SIGHUP" in f.text for f in after.findings)

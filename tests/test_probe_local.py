@@ -18,9 +18,16 @@ def audit(tmp_path, daemon_json: str | None, target: str = TARGET, hosts: str = 
         path.write_text(daemon_json)
     hosts_file = tmp_path / "hosts"
     hosts_file.write_text(hosts)
-    return probe_local.audit(
-        probe.parse_target(target), path, tmp_path / "certs.d", hosts_file
+    paths = probe_local.AuditPaths(
+        daemon_json=path,
+        certs_dir=tmp_path / "certs.d",
+        hosts_file=hosts_file,
+        docker_env_file=tmp_path / "default-docker",
+        containerd_config=tmp_path / "containerd.toml",
+        registries_conf=tmp_path / "registries.conf",
+        docker_bin=str(tmp_path / "no-docker"),
     )
+    return probe_local.audit(probe.parse_target(target), paths)
 
 
 def texts(result, level: str) -> list[str]:
@@ -161,9 +168,94 @@ def test_local_cli_json(tmp_path):
         str(tmp_path / "certs.d"),
         "--hosts-file",
         str(tmp_path / "hosts"),
+        "--containerd-config",
+        str(tmp_path / "containerd.toml"),
+        "--registries-conf",
+        str(tmp_path / "registries.conf"),
         "--json",
     )
     assert status == 0
     data = json.loads(output)
     assert data["insecure"] is True
     assert data["entries"] == [TARGET]
+
+
+def test_local_env_file_ignored_under_systemd(tmp_path):
+    """DOCKER_OPTS in /etc/default/docker is dead under systemd; the entry belongs in daemon.json."""
+    (tmp_path / "default-docker").write_text(
+        "# Docker Upstart and SysVinit configuration file\n"
+        'DOCKER_OPTS="--insecure-registry 192.0.2.10:5000"\n'
+    )
+    result = audit(tmp_path, None, target="192.0.2.10:5000")
+    assert not result.insecure
+    warning = next(t for t in texts(result, "Warning") if "systemd" in t)
+    assert "registry-gateway snippet docker 192.0.2.10:5000 --insecure" in warning
+
+
+CONTAINERD_V2 = """
+version = 2
+[plugins."io.containerd.grpc.v1.cri".registry.mirrors."registry.invalid"]
+  endpoint = ["http://registry.invalid:5000"]
+"""
+
+
+def test_local_containerd_mirror_key_without_port(tmp_path):
+    (tmp_path / "containerd.toml").write_text(CONTAINERD_V2)
+    result = audit(tmp_path, json.dumps({"insecure-registries": [TARGET]}))
+    assert any("mirror key 'registry.invalid'" in t for t in texts(result, "Warning"))
+    notes = texts(result, "Note")
+    assert any("sets no config_path" in t for t in notes)
+    assert any("does not affect kubelet" in t for t in notes)
+
+
+def test_local_containerd_config_path_hosts_toml(tmp_path):
+    hosts_dir = tmp_path / "containerd-certs.d"
+    (hosts_dir / TARGET).mkdir(parents=True)
+    (hosts_dir / TARGET / "hosts.toml").write_text(
+        'server = "http://registry.invalid:5000"\n'
+    )
+    (tmp_path / "containerd.toml").write_text(
+        f'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "{hosts_dir}"\n'
+    )
+    result = audit(tmp_path, "{}")
+    assert any(
+        f"{TARGET}/hosts.toml', which exists" in t for t in texts(result, "Note")
+    )
+
+
+def test_local_registries_conf_mixed_versions(tmp_path):
+    """A v1 [registries.insecure] table added to a v2 file breaks podman."""
+    (tmp_path / "registries.conf").write_text(
+        'unqualified-search-registries = ["docker.io"]\n'
+        '[[registry]]\nlocation = "docker.io"\n'
+        '[registries.insecure]\nregistries = ["registry.invalid:5000"]\n'
+    )
+    result = audit(tmp_path, "{}")
+    assert any(
+        "mixing sysregistry v1/v2 is not supported" in t for t in texts(result, "Error")
+    )
+
+
+def test_local_registries_conf_v1_only(tmp_path):
+    (tmp_path / "registries.conf").write_text(
+        '[registries.search]\nregistries = ["docker.io"]\n'
+        '[registries.insecure]\nregistries = ["hub.invalid:9080"]\n'
+    )
+    result = audit(tmp_path, "{}")
+    assert any(
+        "must be in v2 format but is in v1" in t for t in texts(result, "Warning")
+    )
+
+
+def test_local_registries_conf_v2_insecure(tmp_path):
+    (tmp_path / "registries.conf").write_text(
+        f'[[registry]]\nlocation = "{TARGET}"\ninsecure = true\n'
+    )
+    result = audit(tmp_path, "{}")
+    assert any("insecure for podman and skopeo" in t for t in texts(result, "Note"))
+
+
+def test_local_broken_json_and_no_daemon(tmp_path):
+    """When daemon.json does not parse and no dockerd answers, the audit says why."""
+    result = audit(tmp_path, '{"insecure-registries": ["registry.invalid:5000",]}')
+    assert any("that is why dockerd is not running" in t for t in texts(result, "Note"))
