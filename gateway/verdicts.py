@@ -188,7 +188,7 @@ FIXES = {
     ],
     probe.NAME_MISMATCH: [
         REISSUE,
-        ("client", "Or connect by a name the certificate's SANs list.", ""),
+        ("client", "Or connect by a name the certificate lists: {listed_names}.", ""),
     ],
     probe.EXPIRED: [
         (
@@ -247,6 +247,11 @@ for _verdict in (
     FIXES[_verdict] = [CHECK_LISTENER]
 
 
+def _listed_names(report: Report) -> list[str]:
+    leaf = (report.evidence.get("certificates") or [{}])[0]
+    return leaf.get("dns_sans", []) + leaf.get("ip_sans", [])
+
+
 def fixes(report: Report) -> list[Fix]:
     """List the fixes for the verdict, best first, each naming the side to change."""
     target = report.target
@@ -256,6 +261,7 @@ def fixes(report: Report) -> list[Fix]:
         "reference": target.reference,
         "gateway_port": GATEWAY_PORT,
         "san": f"{'IP' if target.is_ip else 'DNS'}:{target.host}",
+        "listed_names": ", ".join(_listed_names(report)) or "none",
     }
     return [
         Fix(side, text.format(**values), command.format(**values))

@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from gateway import probe, probe_http, probe_tls, probe_verify
+from gateway import probe, probe_http, probe_tls, probe_verify, verdicts
 from gateway.errors import GatewayError
 
 SERVER_HELLO = bytes.fromhex("160303007a020000760303")
@@ -161,3 +161,23 @@ def test_go_rfc3339_uses_z_for_utc():
 )
 def test_go_hostname_matching(pattern, host, matches):
     assert probe_verify._match_hostname(pattern, host) is matches
+
+
+def test_findings_flag_internal_service_name():
+    """A challenge whose service names localhost leaks the backend address."""
+    report = probe.Report(target=probe.parse_target("registry.example:443"))
+    report.evidence["auth"] = {
+        "scheme": "bearer",
+        "params": {
+            "realm": "https://registry.example:5001/api/auth",
+            "service": "localhost:5000",
+        },
+        "realm_authority": "registry.example:5001",
+        "realm_scheme": "https",
+    }
+    verdicts._add_findings(report)
+    texts = [f.text for f in report.findings]
+    assert any("service='localhost:5000' is an internal name" in t for t in texts)
+    assert any(
+        "does not cover the token realm at registry.example:5001" in t for t in texts
+    )

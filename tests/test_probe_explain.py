@@ -36,6 +36,10 @@ SKOPEO_NO_HOST = (
     'registry.invalid on 10.255.255.53:53: no such host"'
 )
 GO120_UNKNOWN = 'Get "https://registry.example:5000/v2/": tls: failed to verify certificate: x509: certificate signed by unknown authority'
+BUILDKIT_PLAIN = (
+    "ERROR: failed to solve: failed to push registry.example:5000/app:1: failed to do request: "
+    'Head "https://registry.example:5000/v2/app/blobs/sha256:0123": http: server gave HTTP response to HTTPS client'
+)
 OLD_DOCKER_PLAIN = (
     "Get https://192.0.2.10:5000/v2/: http: server gave HTTP response to HTTPS client"
 )
@@ -56,6 +60,13 @@ OLD_DOCKER_PLAIN = (
         ),
         (SKOPEO_NO_HOST, probe.UNRESOLVABLE, "podman/skopeo", "registry.invalid", 5231),
         (GO120_UNKNOWN, probe.UNKNOWN_AUTHORITY, "unknown", "registry.example", 5000),
+        (
+            BUILDKIT_PLAIN,
+            probe.PLAIN_HTTP_REGISTRY,
+            "buildkit",
+            "registry.example",
+            5000,
+        ),
         (OLD_DOCKER_PLAIN, probe.PLAIN_HTTP_REGISTRY, "unknown", "192.0.2.10", 5000),
     ],
 )

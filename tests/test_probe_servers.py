@@ -192,6 +192,13 @@ def test_tls_wrong_san(tmp_path, root_ca, host, verdict, go_error):
     finally:
         registry.stop()
     assert report.evidence["certificates"][0]["dns_sans"] == ["wrong-name.invalid"]
+    assert report.fixes[0].text.startswith(
+        f"Reissue the registry's certificate with the SAN {'IP' if host[0].isdigit() else 'DNS'}:{host};"
+    )
+    assert (
+        report.fixes[1].text
+        == "Or connect by a name the certificate lists: wrong-name.invalid."
+    )
 
 
 def test_tls_wrong_ip_san(tmp_path, root_ca):
