@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "gateway.demo",
     "gateway.snippet_cli",
     "gateway.certs_cli",
+    "gateway.probe_cli",
 )
 
 

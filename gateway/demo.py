@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from gateway import lab
+from gateway import lab, probe_cli
 from gateway.errors import GatewayError
 
 PREFERRED_REGISTRY_PORT = 5000
@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         ).start()
         address = gateway.addresses[0]
         print(f"4. Started the gateway on https://{address} with a new local CA {certs_dir / 'ca.crt'}.")
+        print(f"     {probe_cli.verdict_line(registry.address)}")
+        print(f"     {probe_cli.verdict_line(address, [certs_dir / 'ca.crt'])}")
 
         trust = workdir / "trust"
         trust.mkdir()

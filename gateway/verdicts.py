@@ -1,0 +1,327 @@
+"""Turn the probe's evidence into one verdict, the side to change and the fixes."""
+
+from __future__ import annotations
+
+from gateway import probe
+from gateway.probe import Finding, Fix, Report
+
+GATEWAY_PORT = 5443
+
+TRANSPORT_VERDICTS = {
+    "tls-alert": probe.TLS_ALERT,
+    "closed": probe.CLOSED,
+    "reset": probe.RESET,
+    "silence": probe.SILENT,
+}
+CONNECT_VERDICTS = {
+    "refused": probe.REFUSED,
+    "unreachable": probe.UNREACHABLE,
+    "timeout": probe.TIMEOUT,
+}
+
+
+def decide(report: Report, options: probe.Options) -> None:
+    """Set verdict, scheme, Go error, side, summary, findings and fixes on `report`."""
+    evidence = report.evidence
+    failed = next(
+        (
+            s
+            for s in report.steps
+            if s.status == "failed" and s.name in ("resolve", "connect")
+        ),
+        None,
+    )
+    if failed is not None and failed.name == "resolve":
+        report.verdict, report.go_error = probe.UNRESOLVABLE, failed.go_error
+    elif failed is not None:
+        report.verdict, report.go_error = (
+            CONNECT_VERDICTS[evidence["connect"]],
+            failed.go_error,
+        )
+    else:
+        _decide_transport(report)
+    report.side = SIDES.get(report.verdict, "registry")
+    report.summary = summary(report)
+    report.fixes = fixes(report)
+    _add_findings(report)
+
+
+def _decide_transport(report: Report) -> None:
+    evidence = report.evidence
+    kind = evidence.get("first_bytes_kind", "")
+    tls_step = next(s for s in report.steps if s.name == "tls")
+    v2 = evidence.get("v2", {})
+    if kind == "tls-handshake":
+        report.scheme = "https"
+        cert_verdict = evidence.get("cert_verdict", probe.TLS_OK)
+        report.go_error = evidence.get("cert_go_error", "")
+        if cert_verdict != probe.TLS_OK:
+            report.verdict = cert_verdict
+        elif not v2.get("is_registry"):
+            report.verdict = probe.NOT_A_REGISTRY
+        elif _realm_failed(evidence):
+            report.verdict = probe.AUTH_REALM_PROBLEM
+        else:
+            report.verdict = probe.TLS_OK
+        return
+    report.go_error = tls_step.go_error
+    if kind in ("http", "plaintext"):
+        report.scheme = "http" if v2.get("status") else ""
+        if v2.get("is_registry"):
+            report.verdict = probe.PLAIN_HTTP_REGISTRY
+        elif v2.get("status"):
+            report.verdict = probe.NOT_A_REGISTRY
+        else:
+            report.verdict = probe.PLAINTEXT_NOT_HTTP
+        return
+    report.verdict = TRANSPORT_VERDICTS.get(kind, probe.CLOSED)
+
+
+def _realm_failed(evidence: dict) -> bool:
+    auth = evidence.get("auth", {})
+    if "realm_transport" not in auth:
+        return False
+    return bool(auth.get("realm_go_error")) or auth.get("realm_status") not in (
+        200,
+        401,
+    )
+
+
+SIDES = {
+    probe.TLS_OK: "",
+    probe.PLAIN_HTTP_REGISTRY: "gateway",
+    probe.UNKNOWN_AUTHORITY: "client",
+    probe.SELF_SIGNED: "client",
+    probe.UNRESOLVABLE: "client",
+}
+
+
+def summary(report: Report) -> str:
+    """Describe in one sentence what is on the port, with the exact value that proves it."""
+    target, evidence = report.target, report.evidence
+    verdict = report.verdict
+    title = probe.VERDICT_TITLES[verdict]
+    leaf = (evidence.get("certificates") or [{}])[0]
+    v2 = evidence.get("v2", {})
+    texts = {
+        probe.TLS_OK: f"{target.authority} is a registry on HTTPS and its certificate chain verifies for {target.host!r}.",
+        probe.PLAIN_HTTP_REGISTRY: f"{target.authority} is a registry that speaks plain HTTP: the TLS ClientHello got {evidence.get('http_status_line', 'an HTTP answer')!r} back.",
+        probe.UNKNOWN_AUTHORITY: f"The certificate of {target.authority} was issued by {leaf.get('issuer', '?')!r}, which no trusted CA vouches for.",
+        probe.SELF_SIGNED: f"The certificate of {target.authority} is self-signed ({leaf.get('subject', '?')!r}) and not trusted by the clients.",
+        probe.CHAIN_INCOMPLETE: f"The server sent 1 certificate; its issuer {evidence.get('missing_issuer', '?')!r} is missing from the chain.",
+        probe.NAME_MISMATCH: f"The certificate of {target.authority} does not cover {target.host!r}: DNS SANs {leaf.get('dns_sans')}, IP SANs {leaf.get('ip_sans')}.",
+        probe.IP_SAN_MISSING: f"The certificate of {target.authority} has no IP SAN, so it cannot cover {target.host}; DNS SANs: {leaf.get('dns_sans')}.",
+        probe.CN_ONLY: f"The certificate of {target.authority} has CN={leaf.get('common_name', '')!r} and no SAN extension, which Go clients reject.",
+        probe.EXPIRED: f"The certificate of {target.authority} expired at {leaf.get('not_after')}; this machine's clock reads {evidence.get('clock_utc')}.",
+        probe.NOT_YET_VALID: f"The certificate of {target.authority} is valid only from {leaf.get('not_before')}; this machine's clock reads {evidence.get('clock_utc')}.",
+        probe.NOT_A_REGISTRY: f"{target.authority} is not a registry: GET {v2.get('url', '/v2/')} returned {v2.get('status')} {v2.get('reason', '')} and {v2.get('looks_like', 'no')} without the Docker-Distribution-Api-Version header.",
+        probe.PLAINTEXT_NOT_HTTP: f"{target.authority} answered the TLS ClientHello with plaintext that is neither TLS nor HTTP: {evidence.get('first_bytes', '')!r}.",
+        probe.AUTH_REALM_PROBLEM: _realm_summary(report),
+        probe.UNRESOLVABLE: f"The name {target.host!r} does not resolve on this machine.",
+    }
+    return texts.get(verdict, f"{target.authority}: {title}: {report.go_error}.")
+
+
+def _realm_summary(report: Report) -> str:
+    auth = report.evidence.get("auth", {})
+    realm = auth.get("params", {}).get("realm", "")
+    outcome = (
+        auth.get("realm_go_error")
+        or f"the token endpoint returned {auth.get('realm_status')}"
+    )
+    return (
+        f"The registry's TLS is fine, but the token realm {realm!r} fails: {outcome}."
+    )
+
+
+CHECK_LISTENER = (
+    "registry",
+    "Check what listens on {authority}: the registry must speak HTTPS there, "
+    "or plain HTTP behind the gateway.",
+    "",
+)
+REISSUE = (
+    "registry",
+    "Reissue the registry's certificate with the SAN {san}; the gateway generates "
+    "such a certificate.",
+    "registry-gateway serve --upstream http://{authority} --name {host}",
+)
+
+# Per verdict, the fixes best first as (side, text, command) templates.
+FIXES = {
+    probe.PLAIN_HTTP_REGISTRY: [
+        (
+            "gateway",
+            "Put the gateway in front of the registry; clients then use "
+            "https://{host}:{gateway_port} and trust its CA.",
+            "registry-gateway serve --upstream http://{authority} --name {host}",
+        ),
+        (
+            "client",
+            "Install the gateway's CA on each client as "
+            "/etc/docker/certs.d/{host}:{gateway_port}/ca.crt.",
+            "registry-gateway certs export --host {host}:{gateway_port} --for docker",
+        ),
+        (
+            "client",
+            "Or, on a trusted network only, list {authority} in each client's "
+            "insecure-registries and restart dockerd.",
+            "registry-gateway snippet docker {authority} --insecure",
+        ),
+    ],
+    probe.UNKNOWN_AUTHORITY: [
+        (
+            "client",
+            "Trust the CA that issued the registry's certificate: copy it to "
+            "/etc/docker/certs.d/{reference}/ca.crt (no restart needed). If the "
+            "registry is behind registry-gateway, this command writes it.",
+            "registry-gateway certs export --host {authority} --for docker",
+        )
+    ],
+    probe.CHAIN_INCOMPLETE: [
+        (
+            "registry",
+            "Serve the leaf certificate followed by the intermediate: append the "
+            "intermediate to the registry's certificate file and restart it.",
+            "",
+        )
+    ],
+    probe.NAME_MISMATCH: [
+        REISSUE,
+        ("client", "Or connect by a name the certificate lists: {listed_names}.", ""),
+    ],
+    probe.EXPIRED: [
+        (
+            "registry",
+            "Renew the registry's certificate, and check that the registry's and this "
+            "machine's clocks agree (both times are shown above).",
+            "",
+        )
+    ],
+    probe.AUTH_REALM_PROBLEM: [
+        (
+            "registry",
+            "Serve the token endpoint over TLS with a certificate for its host (for "
+            "example behind the gateway) and point the realm in the registry's auth "
+            "config at that https:// URL.",
+            "",
+        )
+    ],
+    probe.NOT_A_REGISTRY: [
+        (
+            "registry",
+            "Point the clients at the registry's port, or run the registry on "
+            "{authority}: this port serves something else.",
+            "",
+        )
+    ],
+    probe.REFUSED: [
+        (
+            "registry",
+            "Start the registry on {authority}, or use the port it listens on; nothing "
+            "accepts connections there.",
+            "",
+        )
+    ],
+    probe.UNRESOLVABLE: [
+        (
+            "client",
+            "Add {host} to this machine's DNS or hosts file (/etc/hosts), on every "
+            "client.",
+            "",
+        )
+    ],
+}
+FIXES[probe.SELF_SIGNED] = FIXES[probe.UNKNOWN_AUTHORITY]
+FIXES[probe.IP_SAN_MISSING] = FIXES[probe.CN_ONLY] = FIXES[probe.NAME_MISMATCH]
+FIXES[probe.NOT_YET_VALID] = FIXES[probe.EXPIRED]
+for _verdict in (
+    probe.PLAINTEXT_NOT_HTTP,
+    probe.TLS_ALERT,
+    probe.CLOSED,
+    probe.RESET,
+    probe.SILENT,
+    probe.TIMEOUT,
+    probe.UNREACHABLE,
+):
+    FIXES[_verdict] = [CHECK_LISTENER]
+
+
+def _listed_names(report: Report) -> list[str]:
+    leaf = (report.evidence.get("certificates") or [{}])[0]
+    return leaf.get("dns_sans", []) + leaf.get("ip_sans", [])
+
+
+def fixes(report: Report) -> list[Fix]:
+    """List the fixes for the verdict, best first, each naming the side to change."""
+    target = report.target
+    values = {
+        "host": target.host,
+        "authority": target.authority,
+        "reference": target.reference,
+        "gateway_port": GATEWAY_PORT,
+        "san": f"{'IP' if target.is_ip else 'DNS'}:{target.host}",
+        "listed_names": ", ".join(_listed_names(report)) or "none",
+    }
+    return [
+        Fix(side, text.format(**values), command.format(**values))
+        for side, text, command in FIXES.get(report.verdict, [])
+    ]
+
+
+def _add_findings(report: Report) -> None:
+    evidence, target = report.evidence, report.target
+    v2 = evidence.get("v2", {})
+    if (
+        report.scheme == "https"
+        and report.verdict not in (probe.TLS_OK, probe.NOT_A_REGISTRY)
+        and v2
+        and not v2.get("is_registry")
+    ):
+        report.findings.append(
+            Finding(
+                "Warning",
+                f"Behind the certificate problem, GET {v2.get('url')} is not a registry either ({v2.get('status')}).",
+            )
+        )
+    if v2.get("status") == 401:
+        scheme = evidence.get("auth", {}).get("scheme", "")
+        report.findings.append(
+            Finding(
+                "Note",
+                f"The registry requires credentials ({scheme or 'unknown'} auth): clients need `docker login {target.reference}` first.",
+            )
+        )
+    auth = evidence.get("auth", {})
+    service = auth.get("params", {}).get("service", "")
+    if service and _internal_name(service) and not _internal_name(target.host):
+        report.findings.append(
+            Finding(
+                "Warning",
+                f"The challenge's service={service!r} is an internal name; the registry's auth config leaks its backend address.",
+            )
+        )
+    realm_host = auth.get("realm_authority", "")
+    if realm_host and realm_host != target.authority:
+        report.findings.append(
+            Finding(
+                "Note",
+                f"An insecure-registries entry for {target.authority} does not cover the token realm at {realm_host}.",
+            )
+        )
+    if auth.get("realm_scheme") == "http":
+        report.findings.append(
+            Finding(
+                "Warning",
+                f"The token realm {auth['params']['realm']!r} is plain HTTP: clients send their password there unencrypted.",
+            )
+        )
+
+
+def _internal_name(authority: str) -> bool:
+    host = authority.rsplit(":", 1)[0].strip("[]").lower()
+    return (
+        host in ("localhost", "127.0.0.1", "::1")
+        or host.startswith("127.")
+        or "." not in host
+    )
