@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def pick_port(preferred: int) -> int:
-    """The preferred port if it is free, else the next free one above it."""
+    """Return the preferred port if it is free, else the next free one above it."""
     for port in range(preferred, preferred + 100):
         if lab.port_is_free(HOST, port):
             return port

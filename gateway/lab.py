@@ -241,7 +241,7 @@ def _blob(folder: Path, data: bytes) -> dict:
 
 
 def _layer(files: dict[str, bytes]) -> tuple[bytes, str]:
-    """A gzipped tar of `files`, reproducible (fixed times), and its uncompressed digest."""
+    """Build a gzipped tar of `files` with fixed times; return it and its uncompressed digest."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, content in files.items():
@@ -301,11 +301,10 @@ def build_oci_layout(
 
 
 def _random_bytes(size: int, seed: int) -> bytes:
-    """Incompressible bytes from a seeded SHA-256 counter stream (fast enough for 64 MiB)."""
+    """Return `size` incompressible bytes from SHAKE-256 of the seed and a counter, 1 MiB a step."""
     out = bytearray()
     block = hashlib.sha256(str(seed).encode()).digest()
     counter = 0
-    # Extend by hashing in 1 MiB steps: each step is a fresh SHA-256 of the seed and a counter.
     while len(out) < size:
         chunk = hashlib.shake_256(block + counter.to_bytes(8, "big")).digest(min(1 << 20, size - len(out)))
         out += chunk
@@ -330,7 +329,7 @@ def skopeo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def skopeo_error(result: subprocess.CompletedProcess) -> str:
-    """The `msg=` text of skopeo's fatal line, unquoted, or the last stderr line."""
+    """Return the `msg=` text of skopeo's fatal line, unquoted, or else the last stderr line."""
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     if not lines:
         return ""

@@ -56,8 +56,8 @@ HOP_BY_HOP = frozenset(
 FORWARDING = frozenset(
     ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-real-ip")
 )
-# Headers aiohttp's client adds on its own unless told not to; the upstream must
-# see only what the client sent.
+# Headers aiohttp's client adds by default; skipping them means the upstream
+# gets only what the client sent.
 SKIP_AUTO_HEADERS = frozenset(
     (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
 )
@@ -177,7 +177,7 @@ class Proxy:
     # --- origins -------------------------------------------------------------
 
     def public_authority(self, request: web.BaseRequest) -> str:
-        """The `host[:port]` the client used, when it is one of ours; else the primary name."""
+        """Return the `host[:port]` the client used if it names this gateway, else the primary name."""
         host_header = request.headers.get(hdrs.HOST, "")
         host = URL.build(scheme="https", authority=host_header).host if host_header else None
         if host is not None and host.lower() in self._public_names:

@@ -323,7 +323,7 @@ class Gateway:
                 + body
             )
             await loop.sock_sendall(conn, response)
-            log.info("Answered a plain-HTTP request on the TLS port with 400 (host %s)", host)
+            log.info("Responded with 400 to a plain-HTTP request on the TLS port (host %s)", host)
         except (TimeoutError, OSError):
             pass
         finally:

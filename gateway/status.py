@@ -43,7 +43,7 @@ class TrustInfo:
 
 
 def fingerprint_argument(ca: x509.Certificate) -> str:
-    """The fingerprint as `registry-gateway trust --fingerprint` takes it: hex, no colons."""
+    """Format the CA fingerprint as `registry-gateway trust --fingerprint` takes it: hex, no colons."""
     return certs.fingerprint(ca).replace(":", "").lower()
 
 
