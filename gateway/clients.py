@@ -142,7 +142,8 @@ def predict_podman(report: Report) -> Prediction:
         False,
         message,
         url,
-        rule="skopeo prints the same text after its own prefix",
+        rule="podman and skopeo use verified HTTPS for every host, loopback included; "
+        "skopeo prints the same text after its own prefix",
         core=core,
     )
 
@@ -203,7 +204,7 @@ def _docker_non_registry(report: Report) -> str:
 def _docker_insecure(report: Report) -> Prediction:
     """dockerd for 127.0.0.0/8: HTTPS without verification, then plain HTTP."""
     target = report.target
-    rule = f"{target.host} resolves into 127.0.0.0/8, which dockerd treats as insecure: HTTPS without certificate checks, then plain HTTP"
+    rule = f"{target.host} lies in 127.0.0.0/8, which dockerd treats as insecure: HTTPS without certificate checks, then plain HTTP"
     verdict = report.verdict
     http_url = f"http://{target.authority}/v2/"
     if verdict in (probe.REFUSED, probe.UNREACHABLE, probe.TIMEOUT):
