@@ -103,7 +103,29 @@ def predict(report: Report, options: probe.Options) -> None:
         "containerd": predict_ctr,
         "podman": predict_podman,
     }
-    report.clients = [builders[name](report) for name in selected]
+    report.clients = []
+    for name in selected:
+        if name in ("docker", "podman") and ":" in report.target.host:
+            report.clients.append(_ipv6_reference(report, name))
+        else:
+            report.clients.append(builders[name](report))
+
+
+def _ipv6_reference(report: Report, client: str) -> Prediction:
+    """docker 20.10 and skopeo 1.9 reject `[::1]:5000/app` before any connection."""
+    url = f"https://{report.target.authority}/v2/"
+    rule = (
+        "this client cannot parse an IPv6 literal in an image reference; "
+        "use a name that resolves to the address"
+    )
+    message = "invalid reference format"
+    if client == "podman":
+        source = f"docker://{report.target.reference}/{report.repository}:{report.tag}"
+        core = f'Error parsing image name "{source}": {message}'
+        # skopeo's line, checked by the tests; podman's wrapper was not run.
+        return Prediction("podman", False, core, url, rule, message)
+    # NOTE: docker's wording here comes from its reference parser, not from a run.
+    return Prediction("docker", False, message, url, rule, message, unverified=True)
 
 
 def _v2_failure(report: Report) -> str:

@@ -553,3 +553,19 @@ def test_silent_listener(root_ca):
         assert report.verdict == probe.SILENT
         assert report.steps[-1].duration_ms >= 2900
         assert_skopeo_parity(report, reference)
+
+
+def test_ipv6_literal_reference(tmp_path):
+    """skopeo cannot parse `[::1]:PORT/...`, so it fails before connecting; ctr can."""
+    registry = lab.RegistryProcess(host="::1")
+    registry.workdir = tmp_path
+    registry.start()
+    try:
+        report = run_probe(registry.address)
+        real = skopeo_inspect(f"{registry.address}/{IMAGE}")
+    finally:
+        registry.stop()
+    assert report.verdict == probe.PLAIN_HTTP_REGISTRY
+    assert report.target.authority == f"[::1]:{registry.port}"
+    assert prediction(report, "podman").core == real == "invalid reference format"
+    assert prediction(report, "containerd").ok
