@@ -268,8 +268,16 @@ class Report:
 
 def run(target: Target, options: Options) -> Report:
     """Probe `target` step by step and return the report with verdict and predictions."""
-    from gateway import clients, probe_http, probe_net, probe_tls, verdicts
+    from gateway import (
+        clients,
+        probe_http,
+        probe_net,
+        probe_tls,
+        probe_verify,
+        verdicts,
+    )
 
+    probe_verify.check_ca_files(options.ca_files)
     report = Report(target=target, repository=options.repository, tag=options.tag)
     addresses = probe_net.resolve(report, options.timeout)
     if addresses:

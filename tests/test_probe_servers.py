@@ -504,6 +504,17 @@ def test_cli_exit_codes(registry):
     status, _, errors = support.cli("registry.local:http")
     assert status == 1
     assert errors.startswith("Error: Invalid port 'http'")
+    status, _, errors = support.cli(registry.address, "--ca", "/nonexistent/ca.crt")
+    assert status == 1
+    assert (
+        errors
+        == "Error: The CA file '/nonexistent/ca.crt' does not exist: pass the CA certificate the clients trust, e.g. certs/ca.crt.\n"
+    )
+    status, _, errors = support.cli()
+    assert status == 2
+    assert "give HOST[:PORT] to probe" in errors
+    status, _, _ = support.cli(registry.address, "--timeout", "0")
+    assert status == 2
 
 
 EPHEMERAL = re.compile(r"read tcp 127\.0\.0\.1:\d+->")
