@@ -175,8 +175,12 @@ def issue_leaf(
     names: list[str],
     days: int = LEAF_DAYS,
     client: bool = False,
+    not_before: datetime.datetime | None = None,
 ) -> x509.Certificate:
-    """Sign a leaf certificate for `names` (server) or for a client identity."""
+    """Sign a leaf certificate for `names` (server) or for a client identity.
+
+    `not_before` defaults to an hour ago; the lifetime never outlasts the CA.
+    """
     dns_names, addresses = split_names(names)
     first = dns_names[0] if dns_names else str(addresses[0]) if addresses else ""
     subject = x509.Name(
@@ -186,7 +190,7 @@ def issue_leaf(
             x509.NameAttribute(NameOID.COMMON_NAME, first[:64]),
         ]
     )
-    start = now() - BACKDATE
+    start = not_before or now() - BACKDATE
     end = min(start + datetime.timedelta(days=days), ca_cert.not_valid_after_utc)
     public = key.public_key()
     is_rsa = isinstance(key, rsa.RSAPrivateKey)

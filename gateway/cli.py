@@ -18,6 +18,8 @@ from gateway.errors import GatewayError
 COMMAND_MODULES = (
     "gateway.serve",
     "gateway.demo",
+    "gateway.snippet_cli",
+    "gateway.certs_cli",
     "gateway.probe_cli",
 )
 

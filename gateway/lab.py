@@ -126,6 +126,8 @@ class RegistryProcess:
             self.port = free_port(self.host)
         config = self.workdir / "config.yml"
         config.write_text(self.config_text())
+        if getattr(self, "_log", None):
+            self._log.close()
         self._log = open(self.workdir / "registry.log", "wb")
         self.process = subprocess.Popen(
             [binary, "serve", str(config)],

@@ -23,6 +23,9 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config import Config, format_host_port
+from gateway import status
+from gateway.auth import REALM as AUTH_REALM
+from gateway.auth import BasicAuth
 from gateway.logs import RateLimitedLog
 from gateway.rewrite import MalformedURL, Rewriter
 
@@ -75,11 +78,27 @@ def registry_error(status: int, code: str, message: str, detail: object = None) 
     )
 
 
+def unauthorized() -> web.Response:
+    response = registry_error(401, "UNAUTHORIZED", "authentication required")
+    response.headers[hdrs.WWW_AUTHENTICATE] = f'Basic realm="{AUTH_REALM}"'
+    return response
+
+
 def connection_tokens(headers) -> set[str]:
     tokens: set[str] = set()
     for value in headers.getall(hdrs.CONNECTION, ()):
         tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
     return tokens
+
+
+SECRET_HEADERS = frozenset(("authorization", "proxy-authorization", "cookie", "x-registry-auth"))
+
+
+def redacted_headers(headers) -> str:
+    """Render headers for a debug line with every credential value replaced by `***`."""
+    return ", ".join(
+        f"{name}: {'***' if name.lower() in SECRET_HEADERS else value}" for name, value in headers.items()
+    )
 
 
 def loggable_path(raw_path: str) -> str:
@@ -113,6 +132,9 @@ class Proxy:
         self.rewriter = Rewriter(
             [config.upstream, *(r.upstream for r in config.routes)], self._public_names
         )
+        self.auth = BasicAuth.from_file(config.htpasswd) if config.htpasswd else None
+        self.client_certificate_failures = 0
+        self.trust: status.TrustInfo | None = None
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -183,6 +205,9 @@ class Proxy:
 
     def _upstream_headers(self, request: web.BaseRequest, authority: str, peer: str | None) -> CIMultiDict:
         dropped = HOP_BY_HOP | connection_tokens(request.headers)
+        if self.auth is not None:
+            # The credentials are the gateway's own; the registry never sees them.
+            dropped = dropped | {"authorization"}
         trusted = self._is_trusted(peer)
         headers: CIMultiDict[str] = CIMultiDict()
         for name, value in request.headers.items():
@@ -266,13 +291,30 @@ class Proxy:
                 {"target": raw_path[:200]},
             )
         assert self._session is not None, "Proxy.start() must run before requests"
+        if raw_path.startswith(status.PREFIX):
+            return await status.handle(
+                request, self.public_authority(request), self.trust, self._session, self._registry_base
+            )
+        if self.config.client_ca is not None and not _peer_certificate(request):
+            return self._no_client_certificate(request)
+        if self.auth is not None:
+            user = await self.auth.check(request.headers.get(hdrs.AUTHORIZATION), request.remote)
+            if user is None:
+                return unauthorized()
         authority = self.public_authority(request)
         origin = "https://" + authority
         peer = request.remote
         url = self._upstream_url(raw_path)
         headers = self._upstream_headers(request, authority, peer)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "Forwarding %s %s to %s (request id %s) with headers %s",
+                request.method, loggable_path(raw_path), url.split("/v2/")[0], request_id,
+                redacted_headers(headers),
+            )
         body = None
         if request.body_exists:
+            widen_tls_reads(request)
             body = RequestBody(request.content, counters, self.config.client_idle_timeout)
             # Wait for the first body bytes before opening the upstream request, so
             # a body that is malformed or stalled from its start reaches nothing.
@@ -303,6 +345,24 @@ class Proxy:
             return await self._relay(request, upstream, origin, url, request_id, counters)
         finally:
             upstream.close() if not upstream.content.at_eof() else upstream.release()
+
+    def _no_client_certificate(self, request: web.BaseRequest) -> web.Response:
+        self.client_certificate_failures += 1
+        upstream_log.warning(
+            "mtls-missing",
+            "Rejected a request from %s without a client certificate (tls.client_ca is set; "
+            "%d rejections since start)",
+            request.remote or "-",
+            self.client_certificate_failures,
+        )
+        response = registry_error(
+            401,
+            "UNAUTHORIZED",
+            "this registry requires a TLS client certificate: put client.cert and client.key "
+            "in the client's certs.d folder for this host:port",
+        )
+        response.force_close()
+        return response
 
     def _client_body_failure(self, request, failure: BaseException, request_id: str) -> web.StreamResponse:
         if isinstance(failure, TimeoutError):
@@ -386,6 +446,25 @@ class Proxy:
             f"the gateway's upstream registry {what}" if status == 502 else "the upstream registry timed out"
         )
         return registry_error(status, code, message, {"upstream": url, "error": reason})
+
+
+# asyncio's own default read size for TLS connections; the listener starts each
+# connection smaller (see server.TLS_READ_BUFFER) and a request with a body gets this.
+UPLOAD_TLS_READ = 256 * 1024
+
+
+def widen_tls_reads(request: web.BaseRequest) -> None:
+    """Let this connection read 256 KiB of TLS data at a time, for an upload."""
+    # NOTE: _ssl_protocol is a private attribute of asyncio's SSL transport
+    # (CPython 3.11-3.13); without it the upload only reads in smaller steps.
+    ssl_protocol = getattr(request.transport, "_ssl_protocol", None)
+    if ssl_protocol is not None and getattr(ssl_protocol, "max_size", UPLOAD_TLS_READ) < UPLOAD_TLS_READ:
+        ssl_protocol.max_size = UPLOAD_TLS_READ
+
+
+def _peer_certificate(request: web.BaseRequest):
+    transport = request.transport
+    return transport.get_extra_info("peercert") if transport is not None else None
 
 
 def _abort(request: web.BaseRequest) -> None:

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from gateway import certs
+from gateway import certs, tlsreload
 from gateway.cli import setup_logging
 from gateway.config import (
     Config,
@@ -21,7 +21,8 @@ from gateway.config import (
     validate,
 )
 from gateway.errors import CertificateError
-from gateway.server import Gateway, make_ssl_context
+from gateway.server import Gateway
+from gateway.status import TrustInfo, trust_command
 
 log = logging.getLogger("gateway.server")
 
@@ -54,6 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--certs-dir", type=Path, metavar="DIR",
         help="where the generated CA and leaf live when --cert is not given (default certs/)",
     )
+    parser.add_argument(
+        "--htpasswd", type=Path, metavar="FILE",
+        help="require HTTP Basic credentials from this bcrypt htpasswd file (htpasswd -B)",
+    )
     parser.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error")
     parser.set_defaults(func=run)
 
@@ -74,6 +79,8 @@ def build_config(args: argparse.Namespace) -> Config:
         config.certs_dir = args.certs_dir
     if args.log_level:
         config.log_level = parse_log_level(args.log_level)
+    if args.htpasswd:
+        config.htpasswd = args.htpasswd
     validate(config)
     return config
 
@@ -136,9 +143,14 @@ def print_trust_hint(config: Config, ca_path: Path | None, addresses: list[str])
     port = addresses[0].rsplit(":", 1)[1] if addresses else str(config.listen[0].port)
     host = config.primary_name
     shown = f"[{host}]" if ":" in host else host
+    ca = certs.load_certs(ca_path)[0]
+    authority = f"{shown}:{port}"
     print(f"Clients must trust the CA {ca_path}.")
-    print(f"  Docker:   copy it to /etc/docker/certs.d/{shown}:{port}/ca.crt")
-    print(f"  podman:   copy it to /etc/containers/certs.d/{shown}:{port}/ca.crt")
+    print(f"  CA fingerprint (SHA-256): {certs.fingerprint(ca)}")
+    print(f"  On each client, run: {trust_command(authority, ca)}")
+    print(f"  or copy it by hand for Docker to /etc/docker/certs.d/{authority}/ca.crt,")
+    print(f"  for podman to /etc/containers/certs.d/{authority}/ca.crt.")
+    print(f"  Status page and instructions: https://{authority}/_gateway/")
 
 
 def raise_file_limit(wanted: int) -> None:
@@ -166,16 +178,41 @@ def run(args: argparse.Namespace) -> int:
     # Each client connection holds a socket and, while busy, one to the upstream.
     raise_file_limit(2 * config.max_connections + 64)
     cert, key, ca_path = prepare_tls(config)
-    context = make_ssl_context(cert, key, config.client_ca)
+    reloader = make_reloader(config, cert, key, ca_path)
+    if config.client_ca is not None:
+        print(tlsreload.CLIENT_CA_NOTE.format(client_ca=config.client_ca))
     if sys.platform == "win32":  # pragma: no cover - the peek on accept needs a selector loop.
         asyncio.set_event_loop_policy(asyncio.WindowsSelectorEventLoopPolicy())
-    return asyncio.run(serve_forever(config, context, ca_path))
+    trust = TrustInfo(leaf_path=cert, ca_path=ca_path)
+    return asyncio.run(serve_forever(config, reloader.context, trust, reloader))
 
 
-async def serve_forever(config: Config, context, ca_path: Path | None) -> int:
-    gateway = Gateway(config, context)
+def make_reloader(
+    config: Config, cert: Path, key: Path, ca_path: Path | None
+) -> tlsreload.CertificateReloader:
+    """Load the serving pair; renew it only when it comes from the gateway's own CA."""
+    return tlsreload.CertificateReloader(
+        cert,
+        key,
+        config.client_ca,
+        names=config.names,
+        renew_dir=config.certs_dir if ca_path is not None else None,
+        renew_names=config.certificate_names(),
+    )
+
+
+async def serve_forever(
+    config: Config,
+    context,
+    trust: TrustInfo,
+    reloader: tlsreload.CertificateReloader | None = None,
+) -> int:
+    gateway = Gateway(config, context, trust)
     await gateway.start()
-    print_trust_hint(config, ca_path, gateway.addresses)
+    if reloader is not None:
+        reloader.log_serving(warn_names=False)
+        reloader.attach(gateway)
+    print_trust_hint(config, trust.ca_path, gateway.addresses)
     for address in gateway.addresses:
         print(f"Listening on https://{address} -> {config.upstream}", flush=True)
 
@@ -184,11 +221,15 @@ async def serve_forever(config: Config, context, ca_path: Path | None) -> int:
     if sys.platform != "win32":
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        if reloader is not None:
+            loop.add_signal_handler(signal.SIGHUP, reloader.reload_on_signal)
     try:
         await stop.wait()
     except asyncio.CancelledError:  # pragma: no cover - Ctrl-C on Windows arrives this way.
         pass
     log.info("Stopping: no new connections; waiting up to %.0f s for transfers", config.drain_timeout)
+    if reloader is not None:
+        await reloader.stop()
     await gateway.stop()
     log.info("Stopped")
     return 0

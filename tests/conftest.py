@@ -15,6 +15,7 @@ import pytest
 from gateway import certs, lab
 from gateway.config import Config, Listener
 from gateway.server import Gateway, make_ssl_context
+from gateway.status import TrustInfo
 
 
 def pytest_collection_modifyitems(config, items):
@@ -83,7 +84,8 @@ async def running_gateway(config: Config, local_ca: Path):
     if config.listen == Config().listen:
         config.listen = [Listener("127.0.0.1", 0)]
     context = make_ssl_context(local_ca / certs.LEAF_CERT, local_ca / certs.LEAF_KEY)
-    gateway = Gateway(config, context)
+    trust = TrustInfo(leaf_path=local_ca / certs.LEAF_CERT, ca_path=local_ca / certs.CA_CERT)
+    gateway = Gateway(config, context, trust)
     await gateway.start()
     try:
         yield gateway

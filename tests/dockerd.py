@@ -124,8 +124,8 @@ class Dockerd:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def docker(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-        """Run the docker CLI against this daemon."""
+    def docker(self, *args: str, timeout: float = 180, input: str | None = None) -> subprocess.CompletedProcess:
+        """Run the docker CLI against this daemon; `input` goes to its standard input."""
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.workdir),
@@ -138,7 +138,8 @@ class Dockerd:
             text=True,
             timeout=timeout,
             env=env,
-            stdin=subprocess.DEVNULL,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
         )
 
     def run_in_namespace(self, *command: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:

@@ -1,0 +1,390 @@
+"""`certs check`: find what Go registry clients will reject in an operator's certificate.
+
+Each finding is one sentence saying what is wrong, the message a Go client
+(docker, containerd, podman, skopeo) prints for it where there is one, and the
+fix: the exact `certs issue` command, or the file edit. The Go messages follow
+crypto/x509 in Go 1.19, the version skopeo 1.9 and docker 20.10 are built with.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import re
+import ssl
+import stat
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.utils import CryptographyDeprecationWarning
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway import certs
+from gateway.certnames import split_host_port
+from gateway.certstore import dir_option, long_date
+from gateway.errors import CertificateError
+
+EXPIRY_WARNING = datetime.timedelta(days=30)
+MIN_RSA_BITS = 2048
+MAX_CHAIN = 8
+GO_CN_ONLY = "x509: certificate relies on legacy Common Name field, use SANs instead"
+GO_UNKNOWN_AUTHORITY = "x509: certificate signed by unknown authority"
+GO_KEY_USAGE = "x509: certificate specifies an incompatible key usage"
+GO_PATH_LENGTH = "x509: too many intermediates for path length constraint"
+# Debian's bundle, read when Python's OpenSSL reports no CA file of its own.
+FALLBACK_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+@dataclass
+class Finding:
+    """One problem: `Error` for what clients reject, `Warning` for what they will soon."""
+
+    level: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level}: {self.message}"
+
+
+@dataclass
+class Report:
+    """The findings for one certificate, plus notes on what was not checked."""
+
+    cert_path: Path
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    root: x509.Certificate | None = None
+
+    def error(self, message: str) -> None:
+        self.findings.append(Finding("Error", message))
+
+    def warning(self, message: str) -> None:
+        self.findings.append(Finding("Warning", message))
+
+
+def go_hostname_error(cert: x509.Certificate, host: str) -> str:
+    """Return the message Go's crypto/x509 HostnameError prints for `host` (Go 1.19)."""
+    dns_names, addresses = certs.san_names(cert)
+    if not _has_san(cert) and _cn_matches(cert, host):
+        return GO_CN_ONLY
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        valid = ", ".join(dns_names)
+    else:
+        if not addresses:
+            return f"x509: cannot validate certificate for {host} because it doesn't contain any IP SANs"
+        valid = ", ".join(addresses)
+    if not valid:
+        return f"x509: certificate is not valid for any names, but wanted to match {host}"
+    return f"x509: certificate is valid for {valid}, not {host}"
+
+
+def go_time_error(cert: x509.Certificate, at: datetime.datetime) -> str:
+    """Return the message Go prints for a certificate outside its validity period."""
+    if at < cert.not_valid_before_utc:
+        relation, bound = "before", cert.not_valid_before_utc
+    else:
+        relation, bound = "after", cert.not_valid_after_utc
+    return (
+        "x509: certificate has expired or is not yet valid: current time "
+        f"{_rfc3339(at)} is {relation} {_rfc3339(bound)}"
+    )
+
+
+def _rfc3339(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _has_san(cert: x509.Certificate) -> bool:
+    try:
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return False
+    return True
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    values = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(values[0].value) if values else ""
+
+
+def _cn_matches(cert: x509.Certificate, host: str) -> bool:
+    common_name = _common_name(cert).lower().rstrip(".")
+    host = host.lower().rstrip(".")
+    if common_name == host:
+        return True
+    return common_name.startswith("*.") and host.partition(".")[2] == common_name[2:]
+
+
+def load_roots(ca_path: Path | None) -> tuple[list[x509.Certificate], str]:
+    """Return the trust roots and where they came from: `ca_path`, or the system store."""
+    if ca_path is not None:
+        return certs.load_certs(ca_path), repr(str(ca_path))
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile, str(FALLBACK_BUNDLE)):
+        if candidate and os.path.isfile(candidate):
+            return _load_bundle(Path(candidate)), f"the system store {candidate!r}"
+    return [], "the system store (no CA bundle found)"
+
+
+def _load_bundle(path: Path) -> list[x509.Certificate]:
+    """Read a system CA bundle, skipping the certificates `cryptography` cannot parse."""
+    roots = []
+    for block in PEM_BLOCK.findall(path.read_bytes()):
+        # Some distributions ship old roots with a negative serial number, which
+        # cryptography parses with a deprecation warning; such roots are still valid.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            try:
+                roots.append(x509.load_pem_x509_certificate(block))
+            except ValueError:
+                continue
+    return roots
+
+
+def check_certificate(
+    cert_path: Path,
+    key_path: Path | None = None,
+    ca_path: Path | None = None,
+    names: list[str] | None = None,
+    folder: Path = Path("certs"),
+    at: datetime.datetime | None = None,
+) -> Report:
+    """Check a certificate chain file (leaf first) the way Go registry clients judge it."""
+    at = at or certs.now()
+    report = Report(cert_path)
+    chain = certs.load_certs(cert_path)
+    leaf = chain[0]
+    fix = _issue_command(leaf, names or [], folder)
+
+    if key_path is not None:
+        _check_key(report, leaf, cert_path, key_path, fix)
+    else:
+        report.notes.append("No --key given, so the key was not compared with the certificate.")
+    _check_leaf_kind(report, leaf, cert_path)
+    roots, source = load_roots(ca_path)
+    _check_chain(report, chain, roots, source, cert_path)
+    _check_names(report, leaf, cert_path, names or [], fix)
+    for index, cert in enumerate(chain):
+        _check_validity(report, cert, index == 0, at, fix)
+        _check_algorithms(report, cert, index == 0, fix)
+    _check_key_usage(report, leaf, fix)
+    return report
+
+
+def _issue_command(leaf: x509.Certificate, names: list[str], folder: Path) -> str:
+    dns_names, addresses = certs.san_names(leaf)
+    covered = [*dns_names, *addresses]
+    for name in names:
+        host, _port = split_host_port(name)
+        if host.lower() not in covered:
+            covered.append(host.lower())
+    if not covered and _common_name(leaf):
+        covered.append(_common_name(leaf).split(":")[0])
+    shown = " ".join(covered) if covered else "NAME ..."
+    return f"registry-gateway certs issue{dir_option(folder)} {shown} --force"
+
+
+def _check_key(report: Report, leaf, cert_path: Path, key_path: Path, fix: str) -> None:
+    key = certs.load_key(key_path)
+    if not certs.key_matches(leaf, key):
+        report.error(
+            f"The key {str(key_path)!r} does not match the certificate {str(cert_path)!r}, "
+            "so every TLS handshake fails. Give the key that was created with this "
+            f"certificate, or issue a new pair: {fix}"
+        )
+    mode = stat.S_IMODE(key_path.stat().st_mode)
+    if os.name == "posix" and mode & 0o077:
+        report.warning(
+            f"The key {str(key_path)!r} is readable by other users (mode {mode:04o}). "
+            f"Restrict it: chmod 600 {key_path}"
+        )
+
+
+def _check_leaf_kind(report: Report, leaf, cert_path: Path) -> None:
+    if certs.is_ca(leaf):
+        report.error(
+            f"The first certificate in {str(cert_path)!r} is a CA certificate, not a "
+            "server leaf. Put the server's own certificate first in the file, followed "
+            "by its intermediates."
+        )
+
+
+def _check_chain(report: Report, chain, roots, source: str, cert_path: Path) -> None:
+    path = [chain[0]]
+    supplied = chain[1:]
+    for _step in range(MAX_CHAIN):
+        current = path[-1]
+        root = _find_issuer(current, roots)
+        if root is not None:
+            report.root = root
+            _check_path_length([*path, root] if root != current else path, report)
+            return
+        if current.issuer == current.subject:
+            what = "The certificate" if current is chain[0] else "Its root"
+            report.error(
+                f"{what} {current.subject.rfc4514_string()!r} is self-signed and not "
+                f"in {source}, so Go clients fail with \"{GO_UNKNOWN_AUTHORITY}\". "
+                "Give its CA with --ca, or issue a leaf from the local CA: "
+                "registry-gateway certs issue NAME ..."
+            )
+            return
+        issuer = _find_issuer(current, supplied)
+        if issuer is None:
+            break
+        path.append(issuer)
+    missing = path[-1].issuer.rfc4514_string()
+    if len(chain) == 1:
+        report.error(
+            f"The file {str(cert_path)!r} contains the leaf without the intermediate "
+            f"{missing!r} that signed it, and Go clients do not fetch it, so they fail "
+            f"with \"{GO_UNKNOWN_AUTHORITY}\". Append the intermediate to the "
+            f"certificate file: cat intermediate.crt >> {cert_path}"
+        )
+    else:
+        report.error(
+            f"The chain in {str(cert_path)!r} ends at {missing!r}, which is not in "
+            f"{source}, so Go clients fail with \"{GO_UNKNOWN_AUTHORITY}\". Append the "
+            "missing intermediate to the certificate file, or give the right root "
+            "with --ca FILE."
+        )
+
+
+def _check_path_length(path: list[x509.Certificate], report: Report) -> None:
+    # path is leaf, intermediates..., root. A CA's pathLenConstraint limits the
+    # number of intermediate CAs below it (RFC 5280 section 4.2.1.9).
+    for position, cert in enumerate(path[1:], start=1):
+        try:
+            limit = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+        except x509.ExtensionNotFound:
+            continue
+        below = position - 1
+        if limit is not None and below > limit:
+            report.error(
+                f"The CA {cert.subject.rfc4514_string()!r} allows {limit} intermediate "
+                f"CA(s) below it but the chain has {below}, so Go clients fail with "
+                f"\"{GO_PATH_LENGTH}\". Issue the leaf directly from that CA: "
+                "registry-gateway certs issue NAME ..."
+            )
+
+
+def _find_issuer(cert: x509.Certificate, candidates: list[x509.Certificate]) -> x509.Certificate | None:
+    for candidate in candidates:
+        if candidate.subject != cert.issuer:
+            continue
+        try:
+            cert.verify_directly_issued_by(candidate)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return candidate
+    return None
+
+
+def _check_names(report: Report, leaf, cert_path: Path, names: list[str], fix: str) -> None:
+    if not _has_san(leaf):
+        report.error(
+            f"The certificate {str(cert_path)!r} has no subjectAltName, only the Common "
+            f"Name {_common_name(leaf)!r}, and Go clients since Go 1.15 reject it with "
+            f"\"{GO_CN_ONLY}\" (the GODEBUG=x509ignoreCN=0 switch is gone since Go "
+            f"1.17). Issue one with SANs: {fix}"
+        )
+    if not names:
+        report.notes.append(
+            "No --name given, so names were not checked: add --name HOST[:PORT] for "
+            "each name clients use."
+        )
+    for name in names:
+        host, _port = split_host_port(name)
+        if certs.name_covered(leaf, host):
+            continue
+        message = go_hostname_error(leaf, host)
+        if message == GO_CN_ONLY:
+            continue  # Reported once above, with its fix.
+        report.error(
+            f"The certificate does not cover {host!r}, so Go clients connecting to it "
+            f"fail with \"{message}\". Issue one that covers it: {fix}"
+        )
+        dns_names = certs.san_names(leaf)[0]
+        if "IP SANs" in message and dns_names:
+            report.notes.append(
+                f"Instead of adding {host}, clients may connect by a DNS name that the "
+                f"certificate covers: {', '.join(dns_names)}."
+            )
+
+
+def _check_validity(report: Report, cert, is_leaf: bool, at, fix: str) -> None:
+    what = "The certificate" if is_leaf else f"The CA {cert.subject.rfc4514_string()!r}"
+    remedy = f"Issue a new one: {fix}" if is_leaf else "Replace it with a current one."
+    if at < cert.not_valid_before_utc:
+        report.error(
+            f"{what} is not valid before {long_date(cert.not_valid_before_utc)}, and this "
+            f"host's clock reads {long_date(at)}, so Go clients fail with "
+            f"\"{go_time_error(cert, at)}\". Check the clock on the server and the "
+            "clients, or issue a certificate that starts earlier."
+        )
+    elif at > cert.not_valid_after_utc:
+        report.error(
+            f"{what} expired on {long_date(cert.not_valid_after_utc)}, so Go clients fail "
+            f"with \"{go_time_error(cert, at)}\". {remedy}"
+        )
+    elif cert.not_valid_after_utc - at < EXPIRY_WARNING:
+        days = (cert.not_valid_after_utc - at).days
+        report.warning(
+            f"{what} expires in {days} days, on {long_date(cert.not_valid_after_utc)}. {remedy}"
+        )
+
+
+def _check_algorithms(report: Report, cert, is_leaf: bool, fix: str) -> None:
+    what = "The certificate" if is_leaf else f"The CA {cert.subject.rfc4514_string()!r}"
+    self_signed_root = cert.issuer == cert.subject and not is_leaf
+    # A root's own signature is never checked, so SHA-1 there is harmless.
+    if isinstance(cert.signature_hash_algorithm, hashes.SHA1) and not self_signed_root:
+        report.error(
+            f"{what} is signed with SHA-1, which Go 1.18 and later reject as an insecure "
+            f"algorithm. Issue one signed with SHA-256: {fix}"
+        )
+    public = cert.public_key()
+    if isinstance(public, rsa.RSAPublicKey) and public.key_size < MIN_RSA_BITS:
+        report.error(
+            f"{what} has a {public.key_size}-bit RSA key; use at least {MIN_RSA_BITS} bits. "
+            f"Issue one with an ECDSA P-256 key: {fix}"
+        )
+
+
+def _check_key_usage(report: Report, leaf, fix: str) -> None:
+    try:
+        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return  # No EKU extension means any usage.
+    allowed = {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
+    if not allowed & set(usages):
+        report.error(
+            "The certificate's extended key usage does not include serverAuth, so Go "
+            f"clients fail with \"{GO_KEY_USAGE}\". Issue a server certificate: {fix}"
+        )
+
+
+def resolve_paths(
+    folder: Path, cert: Path | None, key: Path | None, ca: Path | None
+) -> tuple[Path, Path | None, Path | None]:
+    """Fill in defaults: the folder's own leaf and CA when no --cert is given."""
+    if cert is None:
+        cert = folder / certs.LEAF_CERT
+        if key is None and (folder / certs.LEAF_KEY).exists():
+            key = folder / certs.LEAF_KEY
+        if ca is None and (folder / certs.CA_CERT).exists():
+            ca = folder / certs.CA_CERT
+    if not cert.exists():
+        raise CertificateError(
+            f"The certificate {str(cert)!r} was not found: give one with --cert FILE, or "
+            f"issue one with: registry-gateway certs issue{dir_option(folder)} NAME ..."
+        )
+    return cert, key, ca

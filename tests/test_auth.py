@@ -1,0 +1,140 @@
+"""Optional Basic authentication and mTLS in front of an unauthenticated registry."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import shutil
+
+import aiohttp
+import bcrypt
+import pytest
+from yarl import URL
+
+from gateway import certs, lab
+from gateway.auth import load_htpasswd
+from gateway.config import Config
+from gateway.errors import ConfigError
+from tests.conftest import running_gateway
+from tests.test_proxy_mock import Upstream
+
+USER, PASSWORD = "alice", "correct horse battery"
+
+
+def write_htpasswd(path, user=USER, password=PASSWORD):
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    path.write_text(f"# users of the gateway\n{user}:{hashed}\n")
+    return path
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_htpasswd_rejects_non_bcrypt(tmp_path):
+    path = tmp_path / "htpasswd"
+    path.write_text("bob:$apr1$abc$def\n")
+    with pytest.raises(ConfigError) as raised:
+        load_htpasswd(path)
+    assert "htpasswd -B" in str(raised.value)
+    assert "'bob'" in str(raised.value)
+
+
+def test_htpasswd_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_htpasswd(tmp_path / "none")
+
+
+@pytest.fixture
+async def upstream():
+    server = Upstream()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def test_basic_auth_gate(upstream, local_ca, client_ssl, tmp_path, caplog):
+    """No or wrong credentials get 401 and never reach the registry; right ones pass, stripped."""
+    config = Config(upstream=URL(upstream.url), names=["localhost"], htpasswd=write_htpasswd(tmp_path / "htpasswd"))
+    caplog.set_level(logging.WARNING, logger="gateway.auth")
+    connector = aiohttp.TCPConnector(ssl=client_ssl)
+    async with running_gateway(config, local_ca) as gateway, aiohttp.ClientSession(connector=connector) as session:
+        base = f"https://localhost:{gateway.bound[0].port}"
+        async with session.get(f"{base}/v2/") as response:
+            assert response.status == 401
+            assert response.headers["WWW-Authenticate"] == 'Basic realm="registry-gateway"'
+            assert (await response.json())["errors"][0]["code"] == "UNAUTHORIZED"
+        for _ in range(2):
+            async with session.get(f"{base}/v2/", headers={"Authorization": basic(USER, "wrong")}) as response:
+                assert response.status == 401
+        assert upstream.received == []
+        for _ in range(3):
+            async with session.get(f"{base}/v2/", headers={"Authorization": basic(USER, PASSWORD)}) as response:
+                assert response.status == 200
+        assert gateway.proxy.auth.failures == 2
+    assert len(upstream.received) == 3
+    assert upstream.header("Authorization") == []
+    failures = [r.getMessage() for r in caplog.records if r.name == "gateway.auth"]
+    assert len(failures) == 2
+    assert "'alice' from 127.0.0.1" in failures[-1]
+    assert "2 failures" in failures[-1]
+    assert all("wrong" not in line for line in failures)
+
+
+def test_skopeo_push_with_gateway_credentials(registry, local_ca, cert_dir, tmp_path):
+    """skopeo pushes through a gateway that requires Basic auth; wrong credentials fail."""
+    htpasswd = write_htpasswd(tmp_path / "htpasswd")
+    image = tmp_path / "image"
+    lab.build_oci_layout(image, layer_sizes=(1000, 2000), seed=61)
+    gateway = lab.GatewayProcess(
+        ["--listen", "127.0.0.1:0", "--upstream", registry.url, "--certs-dir", str(local_ca), "--htpasswd", str(htpasswd)]
+    ).start()
+    try:
+        address = gateway.addresses[0]
+        denied = lab.skopeo(
+            "copy", "--dest-cert-dir", str(cert_dir), "--dest-creds", f"{USER}:nope",
+            f"oci:{image}:v1", f"docker://{address}/auth/app:v1",
+        )
+        assert denied.returncode == 1
+        assert "unauthorized" in lab.skopeo_error(denied).lower()
+        pushed = lab.skopeo(
+            "copy", "--dest-cert-dir", str(cert_dir), "--dest-creds", f"{USER}:{PASSWORD}",
+            f"oci:{image}:v1", f"docker://{address}/auth/app:v1",
+        )
+        assert pushed.returncode == 0, pushed.stderr
+    finally:
+        gateway.stop()
+    assert "Authentication failed for user 'alice' from 127.0.0.1" in gateway.output
+
+
+def test_mtls_requires_client_certificate(registry, local_ca, tmp_path):
+    """With tls.client_ca, skopeo without a client certificate fails; with client.cert/key it works."""
+    ca_cert = certs.load_certs(local_ca / certs.CA_CERT)[0]
+    ca_key = certs.load_key(local_ca / certs.CA_KEY)
+    client_key = certs.generate_key()
+    client_cert = certs.issue_leaf(ca_cert, ca_key, client_key, ["skopeo-client"], client=True)
+    plain_trust = tmp_path / "plain"
+    plain_trust.mkdir()
+    shutil.copy(local_ca / certs.CA_CERT, plain_trust / "ca.crt")
+    with_client = tmp_path / "with-client"
+    with_client.mkdir()
+    shutil.copy(local_ca / certs.CA_CERT, with_client / "ca.crt")
+    certs.write_certs(with_client / "client.cert", [client_cert])
+    certs.write_key(with_client / "client.key", client_key)
+
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[tls]\nclient_ca = "{local_ca / certs.CA_CERT}"\n')
+    gateway = lab.GatewayProcess(
+        ["--config", str(config), "--listen", "127.0.0.1:0", "--upstream", registry.url, "--certs-dir", str(local_ca)]
+    ).start()
+    try:
+        address = gateway.addresses[0]
+        refused = lab.skopeo("inspect", "--cert-dir", str(plain_trust), f"docker://{address}/mtls/none:v1")
+        accepted = lab.skopeo("list-tags", "--cert-dir", str(with_client), f"docker://{address}/mtls/none")
+    finally:
+        gateway.stop()
+    assert refused.returncode == 1
+    assert "requires a TLS client certificate" in lab.skopeo_error(refused)
+    # The registry answers NAME_UNKNOWN for a repository with no tags: mTLS let it through.
+    assert "invalid status code from registry 404" in lab.skopeo_error(accepted)
+    assert "without a client certificate (tls.client_ca is set" in gateway.output

@@ -1,0 +1,359 @@
+"""`certs check` on each certificate defect users bring, with skopeo as the referee.
+
+Where a Go client has a message for the defect, the check must quote the message
+skopeo (Go's crypto/x509) prints, word for word.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gateway import certcheck, certs, lab
+from tests.certs_support import (
+    cn_only_leaf,
+    intermediate_ca,
+    issue,
+    new_ca,
+    root_ca,
+    run_cli,
+    skopeo_push,
+    tls_registry,
+    trust_dir,
+    write_pair,
+)
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("oci")
+    lab.build_oci_layout(folder, layer_sizes=(512,))
+    return folder
+
+
+@pytest.fixture
+def ca(tmp_path):
+    folder = tmp_path / "certs"
+    ca_cert, ca_key = new_ca(folder)
+    return folder, ca_cert, ca_key
+
+
+def check(capsys, *args: str) -> tuple[int, str]:
+    status, out, err = run_cli(capsys, "certs", "check", *args)
+    assert err == ""
+    return status, out
+
+
+def test_check_clean(ca, capsys):
+    """The gateway's own fresh leaf, checked for the names it covers, has no findings."""
+    folder, _, _ = ca
+    run_cli(capsys, "certs", "issue", "--dir", str(folder), "localhost", "127.0.0.1")
+    status, out = check(capsys, "--dir", str(folder), "--name", "localhost:5443", "--name", "127.0.0.1")
+    assert status == 0
+    assert "No problems found" in out
+    assert "Error:" not in out
+
+
+def test_check_cn_only(tmp_path, capsys):
+    """A CN-only certificate is flagged with Go's legacy Common Name error and the issue command."""
+    ca_cert, ca_key = new_ca(tmp_path / "certs")
+    leaf, key = cn_only_leaf(ca_cert, ca_key, "registry.example")
+    cert_path, key_path = write_pair(tmp_path, "leaf", [leaf], key)
+    status, out = check(
+        capsys, "--cert", str(cert_path), "--key", str(key_path),
+        "--ca", str(tmp_path / "certs" / "ca.crt"), "--name", "registry.example:5000",
+    )
+    assert status == 1
+    assert f'"{certcheck.GO_CN_ONLY}"' in out
+    assert "registry-gateway certs issue registry.example --force" in out
+    assert out.count("Error:") == 1
+
+
+def test_check_cn_with_port(tmp_path, capsys):
+    """A CN of `IP:PORT` and no SAN: the IP is reported with Go's missing-IP-SAN error."""
+    ca_cert, ca_key = new_ca(tmp_path / "certs")
+    leaf, key = cn_only_leaf(ca_cert, ca_key, "192.0.2.10:5000")
+    cert_path, _ = write_pair(tmp_path, "leaf", [leaf], key)
+    status, out = check(
+        capsys, "--cert", str(cert_path), "--ca", str(tmp_path / "certs" / "ca.crt"),
+        "--name", "192.0.2.10:5000",
+    )
+    assert status == 1
+    assert (
+        '"x509: cannot validate certificate for 192.0.2.10 because it doesn\'t contain '
+        'any IP SANs"' in out
+    )
+    assert "registry-gateway certs issue 192.0.2.10 --force" in out
+
+
+def test_check_ip_san_missing(tmp_path, capsys):
+    """A DNS-only leaf dialled by IP: add the IP SAN, or connect by the DNS name."""
+    ca_cert, ca_key = new_ca(tmp_path / "certs")
+    leaf, key = issue(ca_cert, ca_key, ["registry.example"])
+    cert_path, _ = write_pair(tmp_path, "leaf", [leaf], key)
+    status, out = check(
+        capsys, "--cert", str(cert_path), "--ca", str(tmp_path / "certs" / "ca.crt"),
+        "--name", "192.0.2.10:5000",
+    )
+    assert status == 1
+    assert "registry-gateway certs issue registry.example 192.0.2.10 --force" in out
+    assert "Note: Instead of adding 192.0.2.10, clients may connect by a DNS name" in out
+
+
+@pytest.mark.parametrize(
+    "case, host",
+    [("cn-only", "127.0.0.1"), ("wrong-san", "127.0.0.1"), ("wrong-san", "localhost"),
+     ("ip-only", "localhost")],
+)
+def test_check_quotes_skopeo(tmp_path, capsys, layout, case, host):
+    """The message the check quotes is the one skopeo prints for the same certificate."""
+    ca_cert, ca_key = new_ca(tmp_path / "certs")
+    if case == "cn-only":
+        leaf, key = cn_only_leaf(ca_cert, ca_key, host)
+    elif case == "wrong-san":
+        leaf, key = issue(ca_cert, ca_key, ["wrong-name.invalid", "other.invalid"])
+    else:
+        leaf, key = issue(ca_cert, ca_key, ["127.0.0.1"])
+    cert_path, key_path = write_pair(tmp_path, "leaf", [leaf], key)
+    cert_dir = trust_dir(tmp_path / "trust", tmp_path / "certs" / "ca.crt")
+    with tls_registry(cert_path, key_path, tmp_path / "reg") as registry:
+        result = skopeo_push(layout, registry.address, cert_dir, host=host)
+    go_message = lab.skopeo_error(result).rsplit("/v2/\": ", 1)[1]
+
+    status, out = check(
+        capsys, "--cert", str(cert_path), "--ca", str(tmp_path / "certs" / "ca.crt"), "--name", host
+    )
+    assert result.returncode == 1
+    assert go_message == certcheck.go_hostname_error(leaf, host)
+    assert status == 1
+    assert f'"{go_message}"' in out
+
+
+def build_chain(tmp_path):
+    """Root R, intermediate I, and leaf L for localhost signed by I."""
+    (tmp_path / "certs").mkdir()
+    root_cert, root_key = root_ca(tmp_path / "certs")
+    inter_cert, inter_key = intermediate_ca(root_cert, root_key)
+    leaf, key = issue(inter_cert, inter_key, ["localhost", "127.0.0.1"])
+    leaf_only = write_pair(tmp_path, "leaf-only", [leaf], key)
+    full = write_pair(tmp_path, "full", [leaf, inter_cert], key)
+    return leaf_only, full, tmp_path / "certs" / "ca.crt"
+
+
+def test_check_missing_intermediate(tmp_path, capsys):
+    """A leaf without its intermediate: name the missing issuer and the append command."""
+    (cert_path, key_path), _, root = build_chain(tmp_path)
+    status, out = check(capsys, "--cert", str(cert_path), "--key", str(key_path), "--ca", str(root))
+    assert status == 1
+    assert "without the intermediate 'CN=test intermediate CA'" in out
+    assert f"Append the intermediate to the certificate file: cat intermediate.crt >> {cert_path}" in out
+    assert f'"{certcheck.GO_UNKNOWN_AUTHORITY}"' in out
+
+
+def test_check_full_chain(tmp_path, capsys):
+    """The same leaf followed by its intermediate has no findings."""
+    _, (cert_path, key_path), root = build_chain(tmp_path)
+    status, out = check(
+        capsys, "--cert", str(cert_path), "--key", str(key_path), "--ca", str(root), "--name", "localhost"
+    )
+    assert status == 0, out
+
+
+def test_gateway_serves_full_chain(tmp_path, registry, layout):
+    """skopeo rejects a gateway serving L alone and accepts one serving L+I, trusting only R."""
+    (leaf_cert, leaf_key), (full_cert, full_key), root = build_chain(tmp_path)
+    cert_dir = trust_dir(tmp_path / "trust", root)
+    results = {}
+    for label, cert_path, key_path in (("leaf", leaf_cert, leaf_key), ("full", full_cert, full_key)):
+        gateway = lab.GatewayProcess(
+            ["--listen", "127.0.0.1:0", "--upstream", registry.url, "--name", "localhost",
+             "--cert", str(cert_path), "--key", str(key_path)]
+        ).start()
+        try:
+            results[label] = skopeo_push(layout, gateway.addresses[0], cert_dir, host="localhost")
+        finally:
+            gateway.stop()
+        results[label + "-log"] = gateway.output
+    assert results["leaf"].returncode == 1
+    assert lab.skopeo_error(results["leaf"]).endswith(certcheck.GO_UNKNOWN_AUTHORITY)
+    assert "without its intermediate" in results["leaf-log"]
+    assert results["full"].returncode == 0, results["full"].stderr
+    assert "without its intermediate" not in results["full-log"]
+
+
+def test_check_path_length(tmp_path, capsys, layout):
+    """The local CA signs no intermediates: the check and skopeo both reject one below it."""
+    root_cert, root_key = new_ca(tmp_path / "certs")
+    inter_cert, inter_key = intermediate_ca(root_cert, root_key)
+    leaf, key = issue(inter_cert, inter_key, ["localhost"])
+    cert_path, key_path = write_pair(tmp_path, "full", [leaf, inter_cert], key)
+    root = tmp_path / "certs" / "ca.crt"
+    status, out = check(capsys, "--cert", str(cert_path), "--ca", str(root))
+    with tls_registry(cert_path, key_path, tmp_path / "reg") as registry:
+        result = skopeo_push(layout, registry.address, trust_dir(tmp_path / "trust", root), host="localhost")
+    assert status == 1
+    assert f'"{certcheck.GO_PATH_LENGTH}"' in out
+    assert lab.skopeo_error(result).endswith(certcheck.GO_PATH_LENGTH)
+
+
+def test_check_key_mismatch(tmp_path, capsys):
+    """A key from another pair is reported, naming both files."""
+    ca_cert, ca_key = new_ca(tmp_path / "certs")
+    leaf, key = issue(ca_cert, ca_key, ["localhost"])
+    other, other_key = issue(ca_cert, ca_key, ["localhost"])
+    cert_path, _ = write_pair(tmp_path, "leaf", [leaf], key)
+    _, other_key_path = write_pair(tmp_path, "other", [other], other_key)
+    status, out = check(
+        capsys, "--cert", str(cert_path), "--key", str(other_key_path),
+        "--ca", str(tmp_path / "certs" / "ca.crt"),
+    )
+    assert status == 1
+    assert f"The key '{other_key_path}' does not match the certificate '{cert_path}'" in out
+
+
+def test_check_key_mode(ca, capsys):
+    """A key readable by others gets a warning with the chmod command."""
+    folder, _, _ = ca
+    run_cli(capsys, "certs", "issue", "--dir", str(folder), "localhost")
+    os.chmod(folder / "gateway.key", 0o644)
+    status, out = check(capsys, "--dir", str(folder))
+    assert status == 1
+    assert f"Warning: The key '{folder / 'gateway.key'}' is readable by other users (mode 0644)" in out
+    assert f"chmod 600 {folder / 'gateway.key'}" in out
+
+
+def test_check_expired(tmp_path, capsys):
+    """An expired leaf is reported with Go's message shape and the reissue command."""
+    ca_cert, ca_key = new_ca(tmp_path / "certs")
+    start = certs.now() - datetime.timedelta(days=10)
+    leaf, key = issue(ca_cert, ca_key, ["localhost"], days=1, not_before=start)
+    cert_path, _ = write_pair(tmp_path, "leaf", [leaf], key)
+    status, out = check(capsys, "--cert", str(cert_path), "--ca", str(tmp_path / "certs" / "ca.crt"))
+    end = leaf.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert status == 1
+    assert "x509: certificate has expired or is not yet valid: current time " in out
+    assert f" is after {end}\"" in out
+    assert "registry-gateway certs issue localhost --force" in out
+
+
+def test_check_not_yet_valid(tmp_path, capsys):
+    """A leaf that starts tomorrow is reported with this host's clock reading."""
+    ca_cert, ca_key = new_ca(tmp_path / "certs")
+    start = certs.now() + datetime.timedelta(days=1)
+    leaf, key = issue(ca_cert, ca_key, ["localhost"], not_before=start)
+    cert_path, _ = write_pair(tmp_path, "leaf", [leaf], key)
+    status, out = check(capsys, "--cert", str(cert_path), "--ca", str(tmp_path / "certs" / "ca.crt"))
+    assert status == 1
+    assert "and this host's clock reads" in out
+    assert " is before " in out
+    assert "Check the clock on the server and the clients" in out
+
+
+def test_check_expiring_soon(tmp_path, capsys):
+    """A leaf with 10 days left gets a warning, which still counts as a finding."""
+    ca_cert, ca_key = new_ca(tmp_path / "certs")
+    leaf, key = issue(ca_cert, ca_key, ["localhost"], days=10)
+    cert_path, _ = write_pair(tmp_path, "leaf", [leaf], key)
+    status, out = check(capsys, "--cert", str(cert_path), "--ca", str(tmp_path / "certs" / "ca.crt"))
+    assert status == 1
+    assert "Warning: The certificate expires in 9 days" in out
+
+
+def test_check_client_eku(tmp_path, capsys):
+    """A client-only certificate served as a server: Go's incompatible key usage error."""
+    ca_cert, ca_key = new_ca(tmp_path / "certs")
+    leaf, key = issue(ca_cert, ca_key, ["localhost"], client=True)
+    cert_path, _ = write_pair(tmp_path, "leaf", [leaf], key)
+    status, out = check(capsys, "--cert", str(cert_path), "--ca", str(tmp_path / "certs" / "ca.crt"))
+    assert status == 1
+    assert f'"{certcheck.GO_KEY_USAGE}"' in out
+
+
+def test_check_small_rsa(tmp_path, capsys):
+    """A 1024-bit RSA leaf is reported."""
+    ca_cert, ca_key = new_ca(tmp_path / "certs")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    leaf = certs.issue_leaf(ca_cert, ca_key, key, ["localhost"])
+    cert_path, _ = write_pair(tmp_path, "leaf", [leaf], key)
+    status, out = check(capsys, "--cert", str(cert_path), "--ca", str(tmp_path / "certs" / "ca.crt"))
+    assert status == 1
+    assert "has a 1024-bit RSA key; use at least 2048 bits" in out
+
+
+def test_check_sha1(tmp_path, capsys, layout):
+    """A SHA-1 signed leaf (made by openssl) is reported, and skopeo rejects it too."""
+    new_ca(tmp_path / "certs")
+    ca_key = tmp_path / "ca-copy.key"
+    ca_key.write_bytes((tmp_path / "certs" / "ca.key").read_bytes())
+    key_path, csr, cert_path = tmp_path / "s.key", tmp_path / "s.csr", tmp_path / "s.crt"
+    ext = tmp_path / "ext.cnf"
+    ext.write_text("subjectAltName=DNS:localhost\n")
+    subprocess.run(
+        ["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+         "-keyout", str(key_path), "-out", str(csr)],
+        check=True, capture_output=True, timeout=60,
+    )
+    subprocess.run(
+        ["openssl", "x509", "-req", "-sha1", "-in", str(csr), "-CA", str(tmp_path / "certs" / "ca.crt"),
+         "-CAkey", str(ca_key), "-CAcreateserial", "-days", "30", "-extfile", str(ext),
+         "-out", str(cert_path)],
+        check=True, capture_output=True, timeout=60,
+    )
+    status, out = check(capsys, "--cert", str(cert_path), "--ca", str(tmp_path / "certs" / "ca.crt"))
+    cert_dir = trust_dir(tmp_path / "trust", tmp_path / "certs" / "ca.crt")
+    with tls_registry(cert_path, key_path, tmp_path / "reg") as registry:
+        result = skopeo_push(layout, registry.address, cert_dir, host="localhost")
+    assert status == 1
+    assert "is signed with SHA-1, which Go 1.18 and later reject" in out
+    assert result.returncode == 1
+    assert "insecure algorithm" in lab.skopeo_error(result)
+
+
+def test_check_self_signed_untrusted(tmp_path, capsys):
+    """A self-signed leaf checked against the system store is reported as unknown authority."""
+    new_ca(tmp_path / "certs")
+    status, out = check(capsys, "--cert", str(tmp_path / "certs" / "ca.crt"))
+    assert status == 1
+    assert "is a CA certificate, not a server leaf" in out
+    assert "is self-signed and not in the system store" in out
+
+
+def test_check_missing_cert(tmp_path, capsys):
+    """With no certificate in --dir, the error names the file and the issue command."""
+    status, _, err = run_cli(capsys, "certs", "check", "--dir", str(tmp_path))
+    assert status == 1
+    assert f"'{tmp_path / 'gateway.crt'}' was not found" in err
+    assert f"registry-gateway certs issue --dir {tmp_path} NAME" in err
+
+
+def test_check_subprocess(ca, capsys):
+    """`python -m gateway certs check` exits 1 with findings on stdout and nothing on stderr."""
+    folder, _, _ = ca
+    run_cli(capsys, "certs", "issue", "--dir", str(folder), "localhost")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "certs", "check", "--dir", str(folder), "--name", "127.0.0.1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr == ""
+    assert "doesn't contain any IP SANs" in result.stdout
+
+
+def test_serve_warns_cn_only(tmp_path, registry):
+    """serve with a CN-only certificate warns loudly with Go's error and the issue command."""
+    ca_cert, ca_key = new_ca(tmp_path / "certs")
+    leaf, key = cn_only_leaf(ca_cert, ca_key, "registry.example")
+    cert_path, key_path = write_pair(tmp_path, "leaf", [leaf], key)
+    gateway = lab.GatewayProcess(
+        ["--listen", "127.0.0.1:0", "--upstream", registry.url, "--name", "registry.example",
+         "--cert", str(cert_path), "--key", str(key_path)]
+    ).start()
+    gateway.stop()
+    assert "WARNING" in gateway.output
+    assert certcheck.GO_CN_ONLY in gateway.output
+    assert "registry-gateway certs issue registry.example" in gateway.output
