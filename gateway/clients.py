@@ -37,6 +37,7 @@ class Prediction:
     rule: str = ""
     core: str = ""
     unverified: bool = False
+    push_message: str = ""
 
 
 def docker_insecure_by_default(report: Report) -> bool:
@@ -109,6 +110,11 @@ def predict(report: Report, options: probe.Options) -> None:
             report.clients.append(_ipv6_reference(report, name))
         else:
             report.clients.append(builders[name](report))
+    for prediction in report.clients:
+        if prediction.client == "docker" and not prediction.ok:
+            # `docker push` prints the daemon's error without the CLI's prefix.
+            prefix = "Error response from daemon: "
+            prediction.push_message = prediction.message.removeprefix(prefix)
 
 
 def _ipv6_reference(report: Report, client: str) -> Prediction:

@@ -222,6 +222,8 @@ def render(report: probe.Report) -> str:
         label = CLIENT_LABELS[prediction.client]
         mark = " (unverified wording)" if prediction.unverified else ""
         lines.append(f"  {label}: {prediction.message}{mark}")
+        if prediction.push_message:
+            lines.append(f"  docker push: {prediction.push_message}{mark}")
         if prediction.rule:
             lines.append(f"    because {prediction.rule}.")
     for finding in report.findings:

@@ -56,6 +56,28 @@ def docker_pull_error(dockerd, reference: str) -> str:
     return last_line(pull)
 
 
+@pytest.fixture(scope="module")
+def image_layout(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("probe-dockerd-image")
+    lab.build_oci_layout(folder, layer_sizes=(1000,), seed=43)
+    return folder
+
+
+def test_dockerd_push_line(dockerd, tmp_path, image_layout):
+    """docker push prints the predicted push line, without the daemon prefix."""
+    registry = v6_registry(tmp_path)
+    reference = f"{TEST_NAME}:{registry.port}"
+    try:
+        report = probe_in_namespace(dockerd, reference)
+        dockerd.load_image(image_layout, f"{reference}/{IMAGE}")
+        push = dockerd.docker("push", f"{reference}/{IMAGE}", timeout=60)
+    finally:
+        registry.stop()
+    assert push.returncode == 1
+    assert report["clients"][0]["push_message"] == last_line(push)
+    assert f"The push refers to repository [{reference}/rig/test]" in push.stdout
+
+
 def test_dockerd_plain_http_registry(dockerd, tmp_path):
     """A plain-HTTP registry by name: docker prints exactly the predicted line."""
     registry = v6_registry(tmp_path)
