@@ -232,7 +232,11 @@ def _docker_non_registry(report: Report) -> str:
 def _docker_insecure(report: Report) -> Prediction:
     """dockerd for 127.0.0.0/8: HTTPS without verification, then plain HTTP."""
     target = report.target
-    rule = f"{target.host} lies in 127.0.0.0/8, which dockerd treats as insecure: HTTPS without certificate checks, then plain HTTP"
+    where = "lies in" if target.is_ip else "resolves into"
+    rule = (
+        f"{target.host} {where} 127.0.0.0/8, which dockerd treats as insecure: "
+        "HTTPS without certificate checks, then plain HTTP"
+    )
     verdict = report.verdict
     http_url = f"http://{target.authority}/v2/"
     if verdict in (probe.REFUSED, probe.UNREACHABLE, probe.TIMEOUT):

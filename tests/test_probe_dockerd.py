@@ -163,3 +163,17 @@ def test_dockerd_local_audit_needs_reload(dockerd, monkeypatch, tmp_path):
     assert any("send it SIGHUP" in f.text for f in before.findings)
     assert after.effective_insecure is True
     assert not any("send it SIGHUP" in f.text for f in after.findings)
+
+
+def test_dockerd_http_server_by_name(dockerd, tmp_path):
+    """A web server that is not a registry, by name: Go's first-record error."""
+    server = support.http_server(tmp_path, host="::1")
+    reference = f"{TEST_NAME}:{server.port}"
+    try:
+        report = probe_in_namespace(dockerd, reference)
+        real = docker_pull_error(dockerd, reference)
+    finally:
+        support.stop(server)
+    assert report["verdict"] == probe.NOT_A_REGISTRY
+    assert report["clients"][0]["message"] == real
+    assert real.endswith("tls: first record does not look like a TLS handshake")

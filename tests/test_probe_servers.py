@@ -349,6 +349,18 @@ def test_http_server_not_a_registry(tmp_path):
     finally:
         support.stop(server)
     assert "an HTML page" in report.summary
+    # dockerd 20.10 treats 127.0.0.1 as insecure, falls back to plain HTTP and
+    # quotes the whole 404 page (verified with `docker pull 127.0.0.1:PORT/rig/test:v1`).
+    assert prediction(report, "docker").message == (
+        "Error response from daemon: error parsing HTTP 404 response body: invalid "
+        "character '<' looking for beginning of value: "
+        '"<!DOCTYPE HTML>\\n<html lang=\\"en\\">\\n    <head>\\n        <meta '
+        'charset=\\"utf-8\\">\\n        <title>Error response</title>\\n    </head>'
+        "\\n    <body>\\n        <h1>Error response</h1>\\n        <p>Error code: "
+        "404</p>\\n        <p>Message: File not found.</p>\\n        <p>Error code "
+        "explanation: 404 - Nothing matches the given URI.</p>\\n    </body>\\n"
+        '</html>\\n"'
+    )
     assert prediction(report, "containerd").message.endswith(
         f"{address}/rig/test:v1: not found"
     )
