@@ -177,3 +177,18 @@ def test_dockerd_http_server_by_name(dockerd, tmp_path):
     assert report["verdict"] == probe.NOT_A_REGISTRY
     assert report["clients"][0]["message"] == real
     assert real.endswith("tls: first record does not look like a TLS handshake")
+
+
+def test_dockerd_http_server_by_ip(dockerd, tmp_path):
+    """On 127.0.0.1 dockerd falls back to plain HTTP and quotes the 404 page."""
+    server = support.http_server(tmp_path)
+    reference = f"127.0.0.1:{server.port}"
+    try:
+        report = probe_in_namespace(dockerd, reference)
+        real = docker_pull_error(dockerd, reference)
+    finally:
+        support.stop(server)
+    assert report["clients"][0]["message"] == real
+    assert real.startswith(
+        "Error response from daemon: error parsing HTTP 404 response body"
+    )

@@ -350,7 +350,7 @@ def test_http_server_not_a_registry(tmp_path):
         support.stop(server)
     assert "an HTML page" in report.summary
     # dockerd 20.10 treats 127.0.0.1 as insecure, falls back to plain HTTP and
-    # quotes the whole 404 page (verified with `docker pull 127.0.0.1:PORT/rig/test:v1`).
+    # quotes the whole 404 page; test_probe_dockerd checks this against a real dockerd.
     assert prediction(report, "docker").message == (
         "Error response from daemon: error parsing HTTP 404 response body: invalid "
         "character '<' looking for beginning of value: "
