@@ -192,3 +192,17 @@ def test_dockerd_http_server_by_ip(dockerd, tmp_path):
     assert real.startswith(
         "Error response from daemon: error parsing HTTP 404 response body"
     )
+
+
+@pytest.mark.parametrize("case", ["refused-ip", "refused-name", "unresolvable"])
+def test_dockerd_connect_failures(dockerd, case):
+    """Nothing listening (by IP and by name) and an unresolvable name."""
+    port = lab.free_port("::1") if case == "refused-name" else lab.free_port()
+    reference = {
+        "refused-ip": f"127.0.0.1:{port}",
+        "refused-name": f"{TEST_NAME}:{port}",
+        "unresolvable": "registry.invalid:5231",
+    }[case]
+    report = probe_in_namespace(dockerd, reference)
+    real = docker_pull_error(dockerd, reference)
+    assert report["clients"][0]["message"] == real
