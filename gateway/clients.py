@@ -189,15 +189,13 @@ def predict_docker(report: Report) -> Prediction:
             "docker", False, f"Error response from daemon: {core}", url, rule, core
         )
     if report.verdict == probe.AUTH_REALM_PROBLEM:
-        core = realm_error(report)
+        core = _docker_realm_error(report)
+        message = f"Error response from daemon: {core}"
+        # Checked against dockerd for a transport error; a token endpoint's bad
+        # status is worded after containers/image.
+        checked = bool(report.evidence["auth"].get("realm_go_error"))
         return Prediction(
-            "docker",
-            False,
-            f"Error response from daemon: {core}",
-            url,
-            rule,
-            core,
-            unverified=True,
+            "docker", False, message, url, rule, core, unverified=not checked
         )
     if report.verdict == probe.NOT_A_REGISTRY:
         core = _docker_non_registry(report)
@@ -211,6 +209,15 @@ def predict_docker(report: Report) -> Prediction:
             unverified=True,
         )
     return _docker_ok(report, url, rule)
+
+
+def _docker_realm_error(report: Report) -> str:
+    """dockerd names the manifest request whose token fetch failed, then the token error."""
+    target = report.target
+    manifest = (
+        f"https://{target.authority}/v2/{report.repository}/manifests/{report.tag}"
+    )
+    return f'Head "{manifest}": {realm_error(report)}'
 
 
 def _docker_ok(report: Report, url: str, rule: str) -> Prediction:
@@ -245,7 +252,7 @@ def _docker_insecure(report: Report) -> Prediction:
             "docker", False, f"Error response from daemon: {core}", http_url, rule, core
         )
     if verdict == probe.AUTH_REALM_PROBLEM:
-        core = realm_error(report)
+        core = _docker_realm_error(report)
         return Prediction(
             "docker",
             False,

@@ -8,6 +8,7 @@ registries. The probe therefore runs inside dockerd's mount namespace too.
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 
 import pytest
@@ -205,4 +206,27 @@ def test_dockerd_connect_failures(dockerd, case):
     }[case]
     report = probe_in_namespace(dockerd, reference)
     real = docker_pull_error(dockerd, reference)
+    assert report["clients"][0]["message"] == real
+
+
+def test_dockerd_realm_on_plain_port(dockerd, tmp_path):
+    """TLS registry by name whose https:// token realm speaks plain HTTP."""
+    from tests.test_probe_servers import bearer_registry
+
+    root = support.make_ca("Probe dockerd Root realm")
+    leaf = support.make_leaf(root, [TEST_NAME])
+    cert_path, key_path = support.write_pair(tmp_path / "server", [leaf.cert], leaf.key)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+    realm_server = v6_registry(tmp_path)
+    realm = f"https://{TEST_NAME}:{realm_server.port}/token"
+    try:
+        with support.ThreadedApp(bearer_registry(realm), context, host="::1") as server:
+            reference = f"{TEST_NAME}:{server.port}"
+            support.write_trust(dockerd.etc_docker / "certs.d" / reference, root.cert)
+            report = probe_in_namespace(dockerd, reference)
+            real = docker_pull_error(dockerd, reference)
+    finally:
+        realm_server.stop()
+    assert report["verdict"] == probe.AUTH_REALM_PROBLEM
     assert report["clients"][0]["message"] == real
