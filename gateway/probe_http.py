@@ -22,6 +22,8 @@ MAX_BODY = 65536
 API_VERSION_HEADER = "Docker-Distribution-Api-Version"
 GO_TLS_PLAIN_REPLY = "Client sent an HTTP request to an HTTPS server."
 NGINX_PLAIN_REPLY = "The plain HTTP request was sent to HTTPS port"
+# registry-gateway's JSON error for plain HTTP on its TLS listener (gateway.server).
+GATEWAY_PLAIN_REPLY = "this port speaks HTTPS only"
 CHALLENGE_PARAM = re.compile(
     r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))'
 )
@@ -172,6 +174,8 @@ def plain_http_on_tls_port(report: Report, address: str, timeout: float) -> None
         server = "go"
     elif NGINX_PLAIN_REPLY in text:
         server = "nginx"
+    elif GATEWAY_PLAIN_REPLY in text:
+        server = "registry-gateway"
     else:
         server = "other"
     report.evidence["plain_http_reply"] = {
@@ -183,6 +187,7 @@ def plain_http_on_tls_port(report: Report, address: str, timeout: float) -> None
     names = {
         "go": "a Go TLS server (such as the distribution registry)",
         "nginx": "nginx",
+        "registry-gateway": "registry-gateway",
         "other": "a server",
     }
     report.step(

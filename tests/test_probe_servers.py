@@ -475,6 +475,7 @@ def test_gateway_reports_tls_ok(gateway, local_ca):
     )
     assert status == 0, output
     assert output.splitlines()[0] == f"{address}: TLS registry OK"
+    assert "got 400 Bad Request from registry-gateway" in output
 
 
 def test_gateway_json_object(gateway, local_ca):
