@@ -1,9 +1,11 @@
 """Client rules and the error text each registry client prints for a probe's evidence.
 
 The wording matches dockerd/docker CLI 20.10.24, containerd/ctr 1.6.20, podman
-4.3.1 and skopeo 1.9.3 (Debian bookworm, all built with Go 1.19). Go 1.20 and
-later wrap certificate errors as `tls: failed to verify certificate: x509: ...`,
-and docker 25+ changed some wrappers, so newer clients print longer lines.
+4.3.1 and skopeo 1.9.3 (Debian bookworm, built with Go 1.19.8). The tests compare
+these texts with real skopeo, dockerd and ctr runs; a prediction marked
+`unverified` was not. Go 1.20 and later wrap certificate errors as `tls: failed
+to verify certificate: x509: ...`, and docker 25+ changed some wrappers, so newer
+clients print longer lines.
 
 Rules that change the outcome:
 - docker treats 127.0.0.0/8, and any name that resolves there, as insecure by
