@@ -1,7 +1,7 @@
 """A real containerd and ctr against the same servers: ctr's last line equals the prediction.
 
 ctr resolves and dials registries in its own process, so loopback servers and
-`.invalid` names are enough; containerd only has to answer on its socket.
+`.invalid` names are enough; containerd only has to accept requests on its socket.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def tls_registry(tmp_path, names=("127.0.0.1", "localhost")) -> lab.RegistryProc
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_ctr_plain_http_to_tls_port(ctr, tmp_path, host):
-    """ctr speaks plain HTTP to loopback names, and the registry's Go TLS server says 400."""
+    """ctr speaks plain HTTP to loopback names, and the registry's Go TLS server returns 400."""
     registry = tls_registry(tmp_path)
     reference = f"{host}:{registry.port}"
     try:
