@@ -1,9 +1,11 @@
 """Client rules and the error text each registry client prints for a probe's evidence.
 
 The wording matches dockerd/docker CLI 20.10.24, containerd/ctr 1.6.20, podman
-4.3.1 and skopeo 1.9.3 (Debian bookworm, all built with Go 1.19). Go 1.20 and
-later wrap certificate errors as `tls: failed to verify certificate: x509: ...`,
-and docker 25+ changed some wrappers, so newer clients print longer lines.
+4.3.1 and skopeo 1.9.3 (Debian bookworm, built with Go 1.19.8). The tests compare
+these texts with real skopeo, dockerd and ctr runs; a prediction marked
+`unverified` was not. Go 1.20 and later wrap certificate errors as `tls: failed
+to verify certificate: x509: ...`, and docker 25+ changed some wrappers, so newer
+clients print longer lines.
 
 Rules that change the outcome:
 - docker treats 127.0.0.0/8, and any name that resolves there, as insecure by
@@ -37,6 +39,7 @@ class Prediction:
     rule: str = ""
     core: str = ""
     unverified: bool = False
+    push_message: str = ""
 
 
 def docker_insecure_by_default(report: Report) -> bool:
@@ -103,7 +106,34 @@ def predict(report: Report, options: probe.Options) -> None:
         "containerd": predict_ctr,
         "podman": predict_podman,
     }
-    report.clients = [builders[name](report) for name in selected]
+    report.clients = []
+    for name in selected:
+        if name in ("docker", "podman") and ":" in report.target.host:
+            report.clients.append(_ipv6_reference(report, name))
+        else:
+            report.clients.append(builders[name](report))
+    for prediction in report.clients:
+        if prediction.client == "docker" and not prediction.ok:
+            # `docker push` prints the daemon's error without the CLI's prefix.
+            prefix = "Error response from daemon: "
+            prediction.push_message = prediction.message.removeprefix(prefix)
+
+
+def _ipv6_reference(report: Report, client: str) -> Prediction:
+    """docker 20.10 and skopeo 1.9 reject `[::1]:5000/app` before any connection."""
+    url = f"https://{report.target.authority}/v2/"
+    rule = (
+        "this client cannot parse an IPv6 literal in an image reference; "
+        "use a name that resolves to the address"
+    )
+    message = "invalid reference format"
+    if client == "podman":
+        source = f"docker://{report.target.reference}/{report.repository}:{report.tag}"
+        core = f'Error parsing image name "{source}": {message}'
+        # skopeo's line, checked by the tests; podman's wrapper was not run.
+        return Prediction("podman", False, core, url, rule, message)
+    # NOTE: docker's wording here comes from its reference parser, not from a run.
+    return Prediction("docker", False, message, url, rule, message, unverified=True)
 
 
 def _v2_failure(report: Report) -> str:
@@ -142,7 +172,8 @@ def predict_podman(report: Report) -> Prediction:
         False,
         message,
         url,
-        rule="skopeo prints the same text after its own prefix",
+        rule="podman and skopeo use verified HTTPS for every host, loopback included; "
+        "skopeo prints the same text after its own prefix",
         core=core,
     )
 
@@ -160,15 +191,13 @@ def predict_docker(report: Report) -> Prediction:
             "docker", False, f"Error response from daemon: {core}", url, rule, core
         )
     if report.verdict == probe.AUTH_REALM_PROBLEM:
-        core = realm_error(report)
+        core = _docker_realm_error(report)
+        message = f"Error response from daemon: {core}"
+        # Checked against dockerd for a transport error; a token endpoint's bad
+        # status is worded after containers/image.
+        checked = bool(report.evidence["auth"].get("realm_go_error"))
         return Prediction(
-            "docker",
-            False,
-            f"Error response from daemon: {core}",
-            url,
-            rule,
-            core,
-            unverified=True,
+            "docker", False, message, url, rule, core, unverified=not checked
         )
     if report.verdict == probe.NOT_A_REGISTRY:
         core = _docker_non_registry(report)
@@ -182,6 +211,15 @@ def predict_docker(report: Report) -> Prediction:
             unverified=True,
         )
     return _docker_ok(report, url, rule)
+
+
+def _docker_realm_error(report: Report) -> str:
+    """dockerd names the manifest request whose token fetch failed, then the token error."""
+    target = report.target
+    manifest = (
+        f"https://{target.authority}/v2/{report.repository}/manifests/{report.tag}"
+    )
+    return f'Head "{manifest}": {realm_error(report)}'
 
 
 def _docker_ok(report: Report, url: str, rule: str) -> Prediction:
@@ -203,7 +241,11 @@ def _docker_non_registry(report: Report) -> str:
 def _docker_insecure(report: Report) -> Prediction:
     """dockerd for 127.0.0.0/8: HTTPS without verification, then plain HTTP."""
     target = report.target
-    rule = f"{target.host} resolves into 127.0.0.0/8, which dockerd treats as insecure: HTTPS without certificate checks, then plain HTTP"
+    where = "lies in" if target.is_ip else "resolves into"
+    rule = (
+        f"{target.host} {where} 127.0.0.0/8, which dockerd treats as insecure: "
+        "HTTPS without certificate checks, then plain HTTP"
+    )
     verdict = report.verdict
     http_url = f"http://{target.authority}/v2/"
     if verdict in (probe.REFUSED, probe.UNREACHABLE, probe.TIMEOUT):
@@ -212,7 +254,7 @@ def _docker_insecure(report: Report) -> Prediction:
             "docker", False, f"Error response from daemon: {core}", http_url, rule, core
         )
     if verdict == probe.AUTH_REALM_PROBLEM:
-        core = realm_error(report)
+        core = _docker_realm_error(report)
         return Prediction(
             "docker",
             False,

@@ -27,8 +27,10 @@ way, so the probe checks the realm's transport too.
 The probe records one `Step` per stage, each with its own timeout, then picks one
 verdict, and `gateway.clients` turns the evidence into each client's error text.
 The modules: `probe_net` (resolve, connect), `probe_tls` (ClientHello, first
-bytes, chain checks), `probe_http` (`/v2/`, challenges, realms), `clients`
-(client rules and messages), `probe_explain` (pasted errors), `probe_local`
+bytes, handshake), `probe_verify` (the chain in Go's order), `probe_http`
+(`/v2/`, challenges, realms), `probe_push` (upload and digest checks),
+`verdicts` (verdict and fixes), `clients` (client rules and messages),
+`probe_explain` (pasted errors), `probe_local` and `probe_local_clients`
 (client-side config audit) and `probe_cli` (the subcommand and its output).
 The `--json` object is documented in docs/probe.md.
 """
@@ -268,8 +270,16 @@ class Report:
 
 def run(target: Target, options: Options) -> Report:
     """Probe `target` step by step and return the report with verdict and predictions."""
-    from gateway import clients, probe_http, probe_net, probe_tls, verdicts
+    from gateway import (
+        clients,
+        probe_http,
+        probe_net,
+        probe_tls,
+        probe_verify,
+        verdicts,
+    )
 
+    probe_verify.check_ca_files(options.ca_files)
     report = Report(target=target, repository=options.repository, tag=options.tag)
     addresses = probe_net.resolve(report, options.timeout)
     if addresses:

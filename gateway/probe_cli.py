@@ -206,9 +206,11 @@ def render(report: probe.Report) -> str:
             f"  subject {leaf['subject']}",
             f"  issuer  {leaf['issuer']}",
         ]
-        lines.append(
-            f"  SANs    DNS {leaf['dns_sans'] or '-'}, IP {leaf['ip_sans'] or '-'}"
-        )
+        dns_sans = ", ".join(leaf["dns_sans"]) or "none"
+        ip_sans = ", ".join(leaf["ip_sans"]) or "none"
+        if not leaf["has_san_extension"]:
+            dns_sans = ip_sans = "none (no SAN extension)"
+        lines.append(f"  SANs    DNS: {dns_sans}; IP: {ip_sans}")
         lines.append(
             f"  valid   {leaf['not_before']} to {leaf['not_after']} (clock {report.evidence.get('clock_utc')})"
         )
@@ -220,6 +222,8 @@ def render(report: probe.Report) -> str:
         label = CLIENT_LABELS[prediction.client]
         mark = " (unverified wording)" if prediction.unverified else ""
         lines.append(f"  {label}: {prediction.message}{mark}")
+        if prediction.push_message:
+            lines.append(f"  docker push: {prediction.push_message}{mark}")
         if prediction.rule:
             lines.append(f"    because {prediction.rule}.")
     for finding in report.findings:

@@ -1,6 +1,6 @@
 """Probe steps 5 and 6: `GET /v2/`, the auth challenge and its realm, plain HTTP on a TLS port.
 
-A registry answers `/v2/` with 200, or 401 and a `WWW-Authenticate` challenge,
+A registry responds to `/v2/` with 200, or 401 and a `WWW-Authenticate` challenge,
 and sends `Docker-Distribution-Api-Version: registry/2.0` (distribution spec,
 "API version check"). A Bearer challenge names a token realm that clients
 fetch next, so its transport can fail where the registry's works.
@@ -22,6 +22,8 @@ MAX_BODY = 65536
 API_VERSION_HEADER = "Docker-Distribution-Api-Version"
 GO_TLS_PLAIN_REPLY = "Client sent an HTTP request to an HTTPS server."
 NGINX_PLAIN_REPLY = "The plain HTTP request was sent to HTTPS port"
+# registry-gateway's JSON error for plain HTTP on its TLS listener (gateway.server).
+GATEWAY_PLAIN_REPLY = "this port speaks HTTPS only"
 CHALLENGE_PARAM = re.compile(
     r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))'
 )
@@ -53,7 +55,7 @@ def http_request(
 ) -> tuple[int, str, dict, bytes]:
     """Send one request and return status, reason, headers (lower-case names) and body.
 
-    The body is cut at `max_body` bytes. A server that answers before reading the
+    The body is cut at `max_body` bytes. A server that responds before reading the
     whole request body (an early 413) still has its response read.
     """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -93,7 +95,7 @@ def http_request(
 
 
 def looks_like(headers: dict, body: bytes) -> str:
-    """A short description of a non-registry answer: an HTML page, JSON, text."""
+    """Describe a non-registry response in a few words: an HTML page, JSON, text."""
     content_type = headers.get("content-type", "")
     server = headers.get("server", "")
     kind = (
@@ -172,6 +174,8 @@ def plain_http_on_tls_port(report: Report, address: str, timeout: float) -> None
         server = "go"
     elif NGINX_PLAIN_REPLY in text:
         server = "nginx"
+    elif GATEWAY_PLAIN_REPLY in text:
+        server = "registry-gateway"
     else:
         server = "other"
     report.evidence["plain_http_reply"] = {
@@ -183,6 +187,7 @@ def plain_http_on_tls_port(report: Report, address: str, timeout: float) -> None
     names = {
         "go": "a Go TLS server (such as the distribution registry)",
         "nginx": "nginx",
+        "registry-gateway": "registry-gateway",
         "other": "a server",
     }
     report.step(
@@ -256,7 +261,7 @@ def check_realm(report: Report, challenge: str, options: probe.Options) -> None:
 
 
 def token_url(realm: str, service: str, repository: str) -> str:
-    """The anonymous token request containers/image sends: Go's sorted, escaped query."""
+    """Build the anonymous token URL containers/image requests: Go's sorted, escaped query."""
     query = f"scope={urllib.parse.quote_plus(f'repository:{repository}:pull', safe='')}"
     if service:
         query += f"&service={urllib.parse.quote_plus(service, safe='')}"

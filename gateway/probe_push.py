@@ -3,7 +3,7 @@
 These checks find what breaks pushes behind a reverse proxy although `/v2/`
 works: an upload `Location` that points at another port or at `http://` (the
 registry builds it from the Host and X-Forwarded-* headers it receives), a
-proxy body limit (nginx answers 413 to a chunk over `client_max_body_size`),
+proxy body limit (nginx returns 413 for a chunk over `client_max_body_size`),
 a proxy timeout (504), and a `Docker-Content-Digest` header that an
 intermediate strips or alters.
 
@@ -23,7 +23,7 @@ import urllib.parse
 from gateway import probe, probe_http
 from gateway.probe import Finding, Report
 
-# 2 MiB: over nginx's default client_max_body_size (1 MiB), under any sane limit.
+# 2 MiB: twice nginx's default client_max_body_size of 1 MiB.
 CHUNK_SIZE = 2 * 1024 * 1024
 MAX_MANIFEST = 4 * 1024 * 1024
 MANIFEST_TYPES = (
@@ -128,72 +128,70 @@ def check_upload(report: Report, options: probe.Options) -> None:
         report.step("upload", "failed", problem, options.timeout, started)
         return
     send_chunk(report, options, urllib.parse.urljoin(request_url, upload["location"]))
-    report.step(
-        "upload",
-        "ok"
-        if "chunk_status" in upload and upload["chunk_status"] == 202
-        else "failed",
-        f"Upload started at {upload['location']}; a {CHUNK_SIZE}-byte PATCH returned {upload.get('chunk_status')}.",
-        options.timeout,
-        started,
+    chunk_status = upload.get("chunk_status")
+    status = "ok" if chunk_status == 202 else "failed"
+    detail = (
+        f"Upload started at {upload['location']}; a {CHUNK_SIZE}-byte PATCH "
+        f"returned {chunk_status or upload.get('chunk_error')}."
     )
+    report.step("upload", status, detail, options.timeout, started)
 
 
 def send_chunk(report: Report, options: probe.Options, url: str) -> None:
-    """PATCH one CHUNK_SIZE chunk, report 413 and 504 answers, then DELETE the upload."""
+    """PATCH one CHUNK_SIZE chunk, report a 413 or 504 reply, then DELETE the upload."""
     upload = report.evidence["upload"]
     parts = urllib.parse.urlsplit(url)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
-    body = b"\0" * CHUNK_SIZE
     headers = [
         ("Content-Type", "application/octet-stream"),
         ("Content-Range", f"0-{CHUNK_SIZE - 1}"),
     ]
     try:
         status, _, reply_headers, reply = _request(
-            report, options, path, method="PATCH", headers=headers, body=body
+            report,
+            options,
+            path,
+            method="PATCH",
+            headers=headers,
+            body=bytes(CHUNK_SIZE),
         )
     except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
         upload["chunk_error"] = str(exc)
-        report.findings.append(
-            Finding(
-                "Error", f"PATCH of a {CHUNK_SIZE}-byte chunk to {url} failed: {exc}."
-            )
-        )
+        text = f"PATCH of a {CHUNK_SIZE}-byte chunk to {url} failed: {exc}."
+        report.findings.append(Finding("Error", text))
         return
+
     upload["chunk_status"] = status
-    text = reply.decode("utf-8", "replace")
-    server = reply_headers.get("server", "")
-    if status == 413:
-        upload["body_limit"] = True
-        report.findings.append(
-            Finding(
-                "Error",
-                f"An intermediate proxy caps request bodies (HTML 413 from {server or 'a proxy'!r}): "
-                f"a {CHUNK_SIZE}-byte chunk was rejected. In nginx set `client_max_body_size 0;` "
-                "for the registry's server block, or route pushes through the gateway, which has no body limit.",
-            )
-        )
-    elif status == 504:
-        report.findings.append(
-            Finding(
-                "Error",
-                f"A proxy timed out during the layer upload (504 after sending {CHUNK_SIZE} bytes): "
-                "raise its request timeouts (nginx proxy_read_timeout and proxy_send_timeout), "
-                "or push through the gateway, which has no total-duration limit.",
-            )
-        )
-    elif status != 202:
-        report.findings.append(
-            Finding(
-                "Error",
-                f"PATCH of a {CHUNK_SIZE}-byte chunk returned {status}: {text[:120]!r}.",
-            )
-        )
+    problem = chunk_problem(status, reply_headers.get("server", ""), reply)
+    if problem:
+        report.findings.append(Finding("Error", problem))
+
     try:
         _request(report, options, path, method="DELETE")
     except (OSError, http.client.HTTPException, ssl.SSLError):
         upload["cancel_failed"] = True
+
+
+def chunk_problem(status: int, server: str, reply: bytes) -> str:
+    """Explain a PATCH reply other than 202 Accepted, or return ''."""
+    if status == 202:
+        return ""
+    if status == 413:
+        return (
+            "An intermediate proxy caps request bodies (HTML 413 from "
+            f"{server or 'a proxy'!r}): a {CHUNK_SIZE}-byte chunk was rejected. In "
+            "nginx set `client_max_body_size 0;` for the registry's server block, or "
+            "route pushes through the gateway, which has no body limit."
+        )
+    if status == 504:
+        return (
+            f"A proxy timed out during the layer upload (504 after sending {CHUNK_SIZE} "
+            "bytes): raise its request timeouts (nginx proxy_read_timeout and "
+            "proxy_send_timeout), or push through the gateway, which has no "
+            "total-duration limit."
+        )
+    text = reply.decode("utf-8", "replace")[:120]
+    return f"PATCH of a {CHUNK_SIZE}-byte chunk returned {status}: {text!r}."
 
 
 def check_manifest(report: Report, options: probe.Options) -> None:

@@ -309,7 +309,11 @@ class Handshake:
         evidence["tls_version"] = version
         evidence["cipher"] = cipher
         evidence["alpn"] = tls.selected_alpn_protocol() or ""
-        detail = f"TLS handshake done: {version}, {cipher}, {len(chain)} certificate(s) sent."
+        alpn = evidence["alpn"] or "no ALPN"
+        detail = (
+            f"TLS handshake done: {version}, {cipher}, {alpn}, "
+            f"{len(chain)} certificate(s) sent."
+        )
         self.report.step("tls", "ok", detail, self.options.timeout, self.started)
         return TLSResult("tls-handshake", chain, version, cipher)
 

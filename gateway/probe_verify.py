@@ -60,6 +60,17 @@ def system_anchors() -> list[Anchor]:
             return []
 
 
+def check_ca_files(paths: list[Path]) -> None:
+    """Raise GatewayError for a --ca file that is missing or holds no certificate."""
+    for path in paths:
+        if not Path(path).is_file():
+            raise GatewayError(
+                f"The CA file {str(path)!r} does not exist: pass the CA certificate "
+                "the clients trust, e.g. certs/ca.crt."
+            )
+        load_certs(Path(path))
+
+
 def load_anchors(
     target: probe.Target, options: probe.Options
 ) -> tuple[list[Anchor], list[str]]:

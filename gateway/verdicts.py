@@ -103,14 +103,15 @@ def summary(report: Report) -> str:
     title = probe.VERDICT_TITLES[verdict]
     leaf = (evidence.get("certificates") or [{}])[0]
     v2 = evidence.get("v2", {})
+    names = ", ".join(_listed_names(report)) or "no names"
     texts = {
         probe.TLS_OK: f"{target.authority} is a registry on HTTPS and its certificate chain verifies for {target.host!r}.",
         probe.PLAIN_HTTP_REGISTRY: f"{target.authority} is a registry that speaks plain HTTP: the TLS ClientHello got {evidence.get('http_status_line', 'an HTTP answer')!r} back.",
         probe.UNKNOWN_AUTHORITY: f"The certificate of {target.authority} was issued by {leaf.get('issuer', '?')!r}, which no trusted CA vouches for.",
         probe.SELF_SIGNED: f"The certificate of {target.authority} is self-signed ({leaf.get('subject', '?')!r}) and not trusted by the clients.",
         probe.CHAIN_INCOMPLETE: f"The server sent 1 certificate; its issuer {evidence.get('missing_issuer', '?')!r} is missing from the chain.",
-        probe.NAME_MISMATCH: f"The certificate of {target.authority} does not cover {target.host!r}: DNS SANs {leaf.get('dns_sans')}, IP SANs {leaf.get('ip_sans')}.",
-        probe.IP_SAN_MISSING: f"The certificate of {target.authority} has no IP SAN, so it cannot cover {target.host}; DNS SANs: {leaf.get('dns_sans')}.",
+        probe.NAME_MISMATCH: f"The certificate of {target.authority} does not cover {target.host!r}: it lists {names}.",
+        probe.IP_SAN_MISSING: f"The certificate of {target.authority} has no IP SAN, so it cannot cover {target.host}; it lists {names}.",
         probe.CN_ONLY: f"The certificate of {target.authority} has CN={leaf.get('common_name', '')!r} and no SAN extension, which Go clients reject.",
         probe.EXPIRED: f"The certificate of {target.authority} expired at {leaf.get('not_after')}; this machine's clock reads {evidence.get('clock_utc')}.",
         probe.NOT_YET_VALID: f"The certificate of {target.authority} is valid only from {leaf.get('not_before')}; this machine's clock reads {evidence.get('clock_utc')}.",

@@ -220,17 +220,17 @@ class ThreadedApp:
         self._thread.join(10)
 
 
-def http_server(folder: Path) -> subprocess.Popen:
+def http_server(folder: Path, host: str = "127.0.0.1") -> subprocess.Popen:
     """`python -m http.server` on a free loopback port: a web server that is not a registry."""
-    port = lab.free_port()
+    port = lab.free_port(host)
     process = subprocess.Popen(
-        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+        [sys.executable, "-m", "http.server", "--bind", host, str(port)],
         cwd=folder,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
     )
-    lab.wait_for_port("127.0.0.1", port, process)
+    lab.wait_for_port(host, port, process)
     process.port = port
     return process
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import shlex
 
 import pytest
 
@@ -181,3 +182,22 @@ def test_findings_flag_internal_service_name():
     assert any(
         "does not cover the token realm at registry.example:5001" in t for t in texts
     )
+
+
+@pytest.mark.parametrize("verdict", sorted(verdicts.FIXES))
+def test_fix_commands_parse(verdict):
+    """Every command a fix names is a real registry-gateway command line."""
+    from gateway import cli
+
+    report = probe.Report(
+        target=probe.parse_target("registry.example:5000"), verdict=verdict
+    )
+    parser = cli.build_parser()
+    for fix in verdicts.fixes(report):
+        assert fix.side in ("registry", "gateway", "client")
+        if not fix.command:
+            continue
+        argv = shlex.split(fix.command)
+        assert argv[0] == "registry-gateway"
+        parsed = parser.parse_args(argv[1:])
+        assert parsed.func is not None

@@ -349,6 +349,18 @@ def test_http_server_not_a_registry(tmp_path):
     finally:
         support.stop(server)
     assert "an HTML page" in report.summary
+    # dockerd 20.10 treats 127.0.0.1 as insecure, falls back to plain HTTP and
+    # quotes the whole 404 page; test_probe_dockerd checks this against a real dockerd.
+    assert prediction(report, "docker").message == (
+        "Error response from daemon: error parsing HTTP 404 response body: invalid "
+        "character '<' looking for beginning of value: "
+        '"<!DOCTYPE HTML>\\n<html lang=\\"en\\">\\n    <head>\\n        <meta '
+        'charset=\\"utf-8\\">\\n        <title>Error response</title>\\n    </head>'
+        "\\n    <body>\\n        <h1>Error response</h1>\\n        <p>Error code: "
+        "404</p>\\n        <p>Message: File not found.</p>\\n        <p>Error code "
+        "explanation: 404 - Nothing matches the given URI.</p>\\n    </body>\\n"
+        '</html>\\n"'
+    )
     assert prediction(report, "containerd").message.endswith(
         f"{address}/rig/test:v1: not found"
     )
@@ -463,6 +475,7 @@ def test_gateway_reports_tls_ok(gateway, local_ca):
     )
     assert status == 0, output
     assert output.splitlines()[0] == f"{address}: TLS registry OK"
+    assert "got 400 Bad Request from registry-gateway" in output
 
 
 def test_gateway_json_object(gateway, local_ca):
@@ -504,6 +517,17 @@ def test_cli_exit_codes(registry):
     status, _, errors = support.cli("registry.local:http")
     assert status == 1
     assert errors.startswith("Error: Invalid port 'http'")
+    status, _, errors = support.cli(registry.address, "--ca", "/nonexistent/ca.crt")
+    assert status == 1
+    assert (
+        errors
+        == "Error: The CA file '/nonexistent/ca.crt' does not exist: pass the CA certificate the clients trust, e.g. certs/ca.crt.\n"
+    )
+    status, _, errors = support.cli()
+    assert status == 2
+    assert "give HOST[:PORT] to probe" in errors
+    status, _, _ = support.cli(registry.address, "--timeout", "0")
+    assert status == 2
 
 
 EPHEMERAL = re.compile(r"read tcp 127\.0\.0\.1:\d+->")
@@ -553,3 +577,19 @@ def test_silent_listener(root_ca):
         assert report.verdict == probe.SILENT
         assert report.steps[-1].duration_ms >= 2900
         assert_skopeo_parity(report, reference)
+
+
+def test_ipv6_literal_reference(tmp_path):
+    """skopeo cannot parse `[::1]:PORT/...`, so it fails before connecting; ctr can."""
+    registry = lab.RegistryProcess(host="::1")
+    registry.workdir = tmp_path
+    registry.start()
+    try:
+        report = run_probe(registry.address)
+        real = skopeo_inspect(f"{registry.address}/{IMAGE}")
+    finally:
+        registry.stop()
+    assert report.verdict == probe.PLAIN_HTTP_REGISTRY
+    assert report.target.authority == f"[::1]:{registry.port}"
+    assert prediction(report, "podman").core == real == "invalid reference format"
+    assert prediction(report, "containerd").ok
