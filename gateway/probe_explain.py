@@ -14,6 +14,7 @@ import socket
 from dataclasses import asdict, dataclass, field
 
 from gateway import probe
+from gateway.verdicts import gateway_listen
 
 URL = re.compile(r'(?:Get|Head|Post|Put|Patch)\s+"?(https?)://([^/"\s]+)(/[^"\s]*)?"?')
 PING = re.compile(
@@ -42,14 +43,14 @@ RULES = [
         r"server gave HTTP response to HTTPS client",
         probe.PLAIN_HTTP_REGISTRY,
         "The client spoke HTTPS and the server answered in plain HTTP: the registry (or the token realm in the URL) has no TLS.",
-        "Put the gateway in front: registry-gateway serve --upstream http://{authority} --name {host}",
+        "Put the gateway in front: registry-gateway serve --upstream http://{authority} --name {host} --listen {listen}",
         "gateway",
     ),
     Rule(
         r"oversized record received with length 20527",
         probe.PLAIN_HTTP_REGISTRY,
         "An old Go client read the plain-HTTP answer 'HTTP/' as a TLS record header (0x502F = 20527): the registry has no TLS.",
-        "Put the gateway in front: registry-gateway serve --upstream http://{authority} --name {host}",
+        "Put the gateway in front: registry-gateway serve --upstream http://{authority} --name {host} --listen {listen}",
         "gateway",
     ),
     Rule(
@@ -63,7 +64,7 @@ RULES = [
         r"legacy Common Name field",
         probe.CN_ONLY,
         "The certificate has a Common Name but no subjectAltName, which Go clients have rejected since Go 1.15; GODEBUG=x509ignoreCN=0 stopped working in Go 1.17.",
-        "Reissue the certificate with a SAN for {host}; the gateway generates one: registry-gateway serve --upstream http://HOST:PORT --name {host}",
+        "Reissue the certificate with a SAN for {host}; the gateway generates one: registry-gateway serve --upstream http://HOST:PORT --name {host} --listen {listen}",
         "registry",
     ),
     Rule(
@@ -257,7 +258,7 @@ def explain(text: str) -> Explanation:
             url,
             rule.verdict,
             rule.meaning,
-            rule.fix.format(authority=authority, host=host or "HOST"),
+            rule.fix.format(authority=authority, host=host or "HOST", listen=gateway_listen(host or "HOST")),
             rule.side,
             match.group(0),
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from gateway import probe
 from gateway.probe import Finding, Fix, Report
 
@@ -145,7 +147,7 @@ REISSUE = (
     "registry",
     "Reissue the registry's certificate with the SAN {san}; the gateway generates "
     "such a certificate.",
-    "registry-gateway serve --upstream http://{authority} --name {host}",
+    "registry-gateway serve --upstream http://{authority} --name {host} --listen {listen}",
 )
 
 # Per verdict, the fixes best first as (side, text, command) templates.
@@ -155,7 +157,7 @@ FIXES = {
             "gateway",
             "Put the gateway in front of the registry; clients then use "
             "https://{host}:{gateway_port} and trust its CA.",
-            "registry-gateway serve --upstream http://{authority} --name {host}",
+            "registry-gateway serve --upstream http://{authority} --name {host} --listen {listen}",
         ),
         (
             "client",
@@ -253,6 +255,19 @@ def _listed_names(report: Report) -> list[str]:
     return leaf.get("dns_sans", []) + leaf.get("ip_sans", [])
 
 
+def gateway_listen(host: str) -> str:
+    """Return the --listen value for a gateway that `host`'s clients can reach.
+
+    A gateway for a loopback registry stays on loopback; for any other host its
+    clients are elsewhere on the network, so it listens on every interface.
+    """
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    return f"127.0.0.1:{GATEWAY_PORT}" if loopback else f"0.0.0.0:{GATEWAY_PORT}"
+
+
 def fixes(report: Report) -> list[Fix]:
     """List the fixes for the verdict, best first, each naming the side to change."""
     target = report.target
@@ -261,6 +276,7 @@ def fixes(report: Report) -> list[Fix]:
         "authority": target.authority,
         "reference": target.reference,
         "gateway_port": GATEWAY_PORT,
+        "listen": gateway_listen(target.host),
         "san": f"{'IP' if target.is_ip else 'DNS'}:{target.host}",
         "listed_names": ", ".join(_listed_names(report)) or "none",
     }

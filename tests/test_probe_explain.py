@@ -82,7 +82,7 @@ def test_explain_plain_http_names_gateway_fix():
     explanation = probe_explain.explain(DOCKER_PLAIN)
     assert (
         explanation.fix
-        == "Put the gateway in front: registry-gateway serve --upstream http://registry.test:5220 --name registry.test"
+        == "Put the gateway in front: registry-gateway serve --upstream http://registry.test:5220 --name registry.test --listen 0.0.0.0:5443"
     )
     assert explanation.url == "https://registry.test:5220/v2/"
     assert explanation.side == "gateway"

@@ -63,7 +63,7 @@ def test_plain_http_registry(registry):
     assert prediction(report, "containerd").ok, "ctr uses plain HTTP for 127.0.0.1"
     assert (
         report.fixes[0].command
-        == f"registry-gateway serve --upstream http://{registry.address} --name 127.0.0.1"
+        == f"registry-gateway serve --upstream http://{registry.address} --name 127.0.0.1 --listen 127.0.0.1:5443"
     )
     assert (
         report.fixes[2].command
