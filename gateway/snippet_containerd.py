@@ -17,7 +17,6 @@ import tomlkit
 
 from gateway import snippet_toml
 from gateway.client_paths import client_paths
-from gateway.errors import GatewayError
 from gateway.snippets import (
     OutputFile,
     Registry,

@@ -10,12 +10,14 @@ import shutil
 import ssl
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from gateway import certs, lab
 from gateway.config import Config, Listener
 from gateway.server import Gateway, make_ssl_context
 from gateway.status import TrustInfo
+from tests.mock_upstream import Upstream
 
 
 def pytest_collection_modifyitems(config, items):
@@ -76,6 +78,23 @@ def gateway_process(registry, local_ca):
     ).start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+async def upstream():
+    """A hand-written upstream on 127.0.0.1 that records what reaches it."""
+    server = Upstream()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def client(client_ssl):
+    """An aiohttp client that trusts only the local CA and never decompresses."""
+    connector = aiohttp.TCPConnector(ssl=client_ssl)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        yield session
 
 
 @contextlib.asynccontextmanager

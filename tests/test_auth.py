@@ -16,7 +16,6 @@ from gateway.auth import load_htpasswd
 from gateway.config import Config
 from gateway.errors import ConfigError
 from tests.conftest import running_gateway
-from tests.test_proxy_mock import Upstream
 
 USER, PASSWORD = "alice", "correct horse battery"
 
@@ -43,14 +42,6 @@ def test_htpasswd_rejects_non_bcrypt(tmp_path):
 def test_htpasswd_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_htpasswd(tmp_path / "none")
-
-
-@pytest.fixture
-async def upstream():
-    server = Upstream()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_basic_auth_gate(upstream, local_ca, client_ssl, tmp_path, caplog):

@@ -12,7 +12,6 @@ from yarl import URL
 
 from gateway.config import Config
 from tests.conftest import running_gateway
-from tests.test_proxy_mock import Upstream
 
 SMUGGLING = {
     "content-length-and-chunked": (
@@ -40,14 +39,6 @@ SMUGGLING = {
         b"5\nhello\r\n0\r\n\r\n"
     ),
 }
-
-
-@pytest.fixture
-async def upstream():
-    server = Upstream()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def tls_context(local_ca) -> ssl.SSLContext:

@@ -29,13 +29,6 @@ async def gateway(registry, local_ca):
         yield running
 
 
-@pytest.fixture
-async def client(client_ssl):
-    connector = aiohttp.TCPConnector(ssl=client_ssl)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-        yield session
-
-
 def base_url(gateway) -> str:
     return f"https://localhost:{gateway.bound[0].port}"
 

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import io
 
-import aiohttp
 import pytest
 from aiohttp import web
 from yarl import URL
@@ -14,7 +13,7 @@ from yarl import URL
 from gateway import lab
 from gateway.config import Config
 from tests.conftest import running_gateway
-from tests.test_proxy_mock import Upstream
+from tests.mock_upstream import Upstream
 
 MiB = 1024 * 1024
 
@@ -43,13 +42,6 @@ async def counting_upstream():
     await server.start()
     yield server
     await server.stop()
-
-
-@pytest.fixture
-async def client(client_ssl):
-    connector = aiohttp.TCPConnector(ssl=client_ssl)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-        yield session
 
 
 @pytest.mark.slow

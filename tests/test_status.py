@@ -14,15 +14,6 @@ from gateway.config import Config
 from gateway.status import fingerprint_argument
 from tests.conftest import running_gateway
 from tests.test_auth import write_htpasswd
-from tests.test_proxy_mock import Upstream
-
-
-@pytest.fixture
-async def upstream():
-    server = Upstream()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture
