@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if args.fingerprint is not None:
         trust.check_fingerprint(fetched, args.fingerprint)
         print("The fingerprint matches --fingerprint.")
+    else:
+        print(f"Note: {_first_use_note(authority)}")
     trust.check_presented(fetched, host)
     for message in trust.warnings_for(fetched, port):
         print(f"Warning: {message}")
@@ -113,8 +115,6 @@ def run(args: argparse.Namespace) -> int:
         )
     root = _root(args)
     if root is None:
-        if args.fingerprint is None:
-            print(f"Note: {_first_use_note(authority)}")
         return _dry_run(fetched, plans, target, args.timeout)
     if args.fingerprint is None and not args.yes:
         _confirm(fetched)
@@ -162,7 +162,6 @@ def _first_use_note(authority: str) -> str:
 
 
 def _confirm(fetched: trust.Fetched) -> None:
-    print(_first_use_note(fetched.authority))
     print(f"Trust it for {fetched.authority}? [y/N] ", end="", flush=True)
     answer = sys.stdin.readline()
     if not sys.stdin.isatty():
@@ -215,7 +214,7 @@ def _dry_run(
     with tempfile.TemporaryDirectory(prefix="registry-gateway-trust-") as folder:
         ca_file = Path(folder, "ca.crt")
         ca_file.write_bytes(certs.cert_pem(fetched.ca))
-        status = _report(plans, [ca_file] * len(plans), target, timeout)
+        status = _report(plans, [ca_file] * len(plans), target, timeout, written=False)
     print(
         "Nothing was written: add --install to write these paths on this host, or "
         "--out DIR for a tree to copy."
@@ -228,6 +227,7 @@ def _report(
     ca_files: list[Path],
     target: probe.Target,
     timeout: float,
+    written: bool = True,
 ) -> int:
     print(f"Probing {target.authority} with the new trust:")
     failed = 0
@@ -239,9 +239,10 @@ def _report(
             failed += 1
             print(f"  {LABELS[client]}: would still fail: {outcome.message}")
     if failed:
+        done = "The CA was written, but" if written else "Even with this CA,"
         print(
-            f"Error: {failed} client(s) would still fail; for the causes and fixes, "
-            f"run: registry-gateway probe {target.reference}",
+            f"Error: {done} {failed} client(s) would still fail. For the causes and "
+            f"fixes, run: registry-gateway probe {target.reference}",
             file=sys.stderr,
         )
         return 1

@@ -19,6 +19,7 @@ import pytest
 
 from gateway import certs, lab
 from gateway.trust import normalize_fingerprint
+from gateway.trust_cli import LABELS
 from tests.certs_support import issue, new_ca, run_cli, tls_registry, write_pair
 
 
@@ -157,6 +158,7 @@ def test_yes_skips_question(gateway_process, tmp_path, capsys, monkeypatch):
     status, out, err = run_cli(capsys, "trust", authority, "--yes", "--out", str(tmp_path))
     assert status == 0, err
     assert "[y/N]" not in out
+    assert "Note: No --fingerprint was given, so this trusts on first use" in out
     assert files_under(tmp_path) == [f"etc/docker/certs.d/{authority}/ca.crt"]
 
 
@@ -378,3 +380,42 @@ def test_served_ca_not_pem_falls_back(tmp_path, capsys):
     written = tmp_path / "out/etc/containers/certs.d" / f"localhost:{port}" / "ca.crt"
     assert certs.load_certs(written) == [ca_cert]
     assert "podman/skopeo: would still fail" in out
+    assert err.startswith("Error: The CA was written, but 1 client(s) would still fail.")
+
+
+@pytest.mark.parametrize(
+    ("client", "folder"),
+    [("docker", "docker/certs.d"), ("podman", "containers/certs.d")],
+)
+def test_rootless_layout_in_home(gateway_process, ca_hex, client, folder, tmp_path, capsys, monkeypatch):
+    """--platform rootless writes under the user's ~/.config, mirrored under --out."""
+    home = tmp_path / "home" / "builder"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    authority = authority_of(gateway_process)
+    out_dir = tmp_path / "out"
+    status, out, err = run_cli(
+        capsys, "trust", authority, "--fingerprint", ca_hex, "--for", client,
+        "--platform", "rootless", "--out", str(out_dir),
+    )
+    expected = Path(str(out_dir) + str(home)) / ".config" / folder / authority / "ca.crt"
+    assert status == 0, err
+    assert files_under(out_dir) == [str(expected.relative_to(out_dir))]
+    assert f"{LABELS[client]}: would succeed" in out
+
+
+def test_desktop_docker_uses_system_store(gateway_process, ca_hex, tmp_path, capsys):
+    """Docker Desktop trusts the host's store, so the system layout and its commands are given."""
+    authority = authority_of(gateway_process)
+    status, out, err = run_cli(
+        capsys, "trust", authority, "--fingerprint", ca_hex, "--for", "docker",
+        "--platform", "desktop", "--out", str(tmp_path),
+    )
+    name = f"registry-gateway-localhost_{gateway_process.port}.crt"
+    assert status == 0, err
+    assert files_under(tmp_path) == [
+        f"etc/pki/ca-trust/source/anchors/{name}",
+        f"usr/local/share/ca-certificates/{name}",
+    ]
+    assert "Then run: security add-trusted-cert -d -r trustRoot" in out
+    assert "docker: would succeed" in out
