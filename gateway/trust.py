@@ -184,15 +184,29 @@ def check_presented(fetched: Fetched, host: str) -> None:
 
 def warnings_for(fetched: Fetched, port: int | None) -> list[str]:
     """Warnings about the certificate offered: a leaf, an intermediate, a missing port."""
+    messages = []
     if fetched.is_leaf:
-        return [
+        messages.append(
             f"The certificate offered, {fetched.ca.subject.rfc4514_string()!r}, is the "
             "server's leaf certificate, not a CA: clients trusting it fail with "
             '"x509: certificate signed by unknown authority" again once it is renewed '
-            f"(it expires on {fetched.ca.not_valid_after_utc:%Y-%m-%d}). Prefer the CA "
-            "that signed it."
-        ]
-    return export.export_warnings([fetched.ca], fetched.authority, port)
+            f"(it expires on {fetched.ca.not_valid_after_utc:%Y-%m-%d}). Where you can, "
+            f"install the CA that signed it, {fetched.ca.issuer.rfc4514_string()!r}, "
+            f"with: registry-gateway certs export --ca FILE --host {fetched.authority} "
+            "--for docker --install"
+        )
+    if port is None:
+        messages.append(
+            f"No port given: Docker matches the certs.d folder name exactly against "
+            f"the image reference, so this CA is used only for images named "
+            f"{fetched.authority}/... (port 443). For a registry on another port, run: "
+            f"registry-gateway trust {fetched.authority}:PORT ..."
+        )
+    if not fetched.is_leaf:
+        # A placeholder port keeps out export's own no-port warning, which names
+        # its own command.
+        messages += export.export_warnings([fetched.ca], fetched.authority, 443)
+    return messages
 
 
 def build_plans(

@@ -90,9 +90,11 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error("--root goes with --install")
     if args.timeout <= 0:
         args.parser.error("--timeout must be a positive number of seconds")
-    host, port, authority = export.parse_authority(args.target)
-    target = probe.parse_target(authority)
+    target = probe.parse_target(args.target)
+    host, authority = target.host, target.reference
+    port = target.port if target.port_given else None
     chosen = list(trust.CLIENTS) if args.client == "all" else [args.client]
+    root = _root(args)
 
     fetched = trust.fetch(host, target.port, authority, args.timeout)
     _print_fetched(fetched)
@@ -113,7 +115,6 @@ def run(args: argparse.Namespace) -> int:
             f"No chosen client has a CA layout for --platform {args.platform}, so "
             "nothing was written: choose another --for or --platform."
         )
-    root = _root(args)
     if root is None:
         return _dry_run(fetched, plans, target, args.timeout)
     if args.fingerprint is None and not args.yes:
