@@ -117,7 +117,7 @@ def fetch(host: str, port: int, authority: str, timeout: float) -> Fetched:
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError):
-        return f"the TLS handshake failed ({exc.reason or exc}); is it a TLS port?"
+        return f"the TLS handshake failed ({exc.reason or exc}), so the port may not speak TLS"
     if isinstance(exc, socket.gaierror):
         return f"the name does not resolve ({exc.strerror})"
     if isinstance(exc, TimeoutError):

@@ -1,8 +1,8 @@
 """`registry-gateway trust HOST:PORT`: make this machine's clients trust a gateway's CA.
 
-Exit status: 0 when the CA was written (or shown) and every chosen client would
-now succeed, 1 when a check failed and nothing was written, or when a client
-would still fail after writing, 2 for a usage error (argparse).
+Exit status 0 means the CA was written (or shown) and every chosen client would
+now succeed. Status 1 means a check failed and nothing was written, or a client
+would still fail after writing. Status 2 is a usage error (argparse).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the new trust. Without --install or --out, only show what would be written."
         ),
     )
+
     parser.add_argument(
         "target", metavar="HOST:PORT", help="the registry as image references name it"
     )
@@ -64,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="where the clients run (default: this machine's, "
         f"{default_platform()})",
     )
+
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--install", action="store_true", help="write the real paths on this host")
     target.add_argument(
@@ -74,6 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--root", type=Path, metavar="DIR",
         help="with --install: install under DIR instead of /, for a chroot or a test",
     )
+
     parser.add_argument(
         "--yes", action="store_true",
         help="trust the CA without asking when no --fingerprint is given",
@@ -187,8 +190,8 @@ def _write(plans: Plans, root: Path, install: bool) -> list[Path]:
             if item.backup is not None:
                 print(f"  Moved the old file to {str(item.backup)!r}.")
             verb = "Unchanged" if item.unchanged else "Wrote"
-            shown = f" (for {item.target})" if str(item.path) != str(item.target) else ""
-            print(f"  {verb} {str(item.path)!r}{shown}")
+            real = f" (for {item.target})" if str(item.path) != str(item.target) else ""
+            print(f"  {verb} {str(item.path)!r}{real}")
         _print_steps(plan)
         ca_files.append(written[0].path)
     return ca_files

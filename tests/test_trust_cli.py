@@ -364,7 +364,7 @@ def test_served_ca_not_signing_leaf_rejected(tmp_path, capsys):
 
 
 def test_served_ca_not_pem_falls_back(tmp_path, capsys):
-    """A 200 answer that is not a certificate: the presented chain's top is offered instead."""
+    """A 200 response that is not a certificate: the presented chain's top is offered instead."""
     ca_cert, ca_key = new_ca(tmp_path / "real")
     leaf, key = issue(ca_cert, ca_key, ["localhost"])
     cert_path, key_path = write_pair(tmp_path, "server", [leaf, ca_cert], key)
