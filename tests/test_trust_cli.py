@@ -12,6 +12,8 @@ import contextlib
 import http.server
 import io
 import ssl
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -419,3 +421,16 @@ def test_desktop_docker_uses_system_store(gateway_process, ca_hex, tmp_path, cap
     ]
     assert "Then run: security add-trusted-cert -d -r trustRoot" in out
     assert "docker: would succeed" in out
+
+
+def test_subprocess_prompt_from_pipe(gateway_process, tmp_path):
+    """`python -m gateway trust` as a user runs it, with the reply y piped to the prompt."""
+    authority = authority_of(gateway_process)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "trust", authority, "--for", "podman", "--out", str(tmp_path)],
+        input="y\n", capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"Trust it for {authority}? [y/N] \n" in result.stdout
+    assert files_under(tmp_path) == [f"etc/containers/certs.d/{authority}/ca.crt"]
+    assert "podman/skopeo: would succeed" in result.stdout
