@@ -1,11 +1,12 @@
 # The two commands the README starts with: `make demo` and `make test`.
 # Each sets up what it needs on a fresh machine: a .venv with the package and,
-# as root, the Debian packages docker-registry, skopeo and docker.io.
+# as root, the Debian packages docker-registry, skopeo and docker.io, and for
+# the status page test chromium and libnss3-tools (certutil).
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PACKAGES := docker-registry skopeo docker.io
+PACKAGES := docker-registry skopeo docker.io chromium libnss3-tools
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-fast packages venv clean

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "gateway.snippet_cli",
     "gateway.certs_cli",
     "gateway.probe_cli",
+    "gateway.trust_cli",
 )
 
 
