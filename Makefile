@@ -1,24 +1,25 @@
 # The two commands the README starts with: `make demo` and `make test`.
 # Each sets up what it needs on a fresh machine: a .venv with the package and,
-# as root, the Debian packages docker-registry, skopeo and docker.io, and for
-# the status page test chromium and libnss3-tools (certutil).
+# as root, the Debian packages docker-registry, skopeo and docker.io; the tests
+# also need chromium and libnss3-tools (certutil) for the status page test.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PACKAGES := docker-registry skopeo docker.io chromium libnss3-tools
+PACKAGES := docker-registry skopeo docker.io
+TEST_PACKAGES := $(PACKAGES) chromium libnss3-tools
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast packages venv clean
+.PHONY: demo test test-fast packages test-packages venv clean
 
 demo: venv packages
 	$(PY) -m gateway demo
 
-test: venv packages
+test: venv test-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The suite without the tests that start a real dockerd.
-test-fast: venv packages
+test-fast: venv test-packages
 	$(PY) -m pytest -m "not dockerd" $(PYTEST_ARGS)
 
 venv: $(VENV)/.installed
@@ -31,6 +32,9 @@ $(VENV)/.installed: pyproject.toml
 
 packages:
 	@scripts/ensure-packages $(PACKAGES)
+
+test-packages:
+	@scripts/ensure-packages $(TEST_PACKAGES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -141,7 +141,7 @@ def render_status(authority: str, trust: TrustInfo, upstream: str, upstream_url:
         f"<title>registry-gateway at {e(authority)}</title>",
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
         "th{text-align:left;padding-right:1em;vertical-align:top}"
-        "pre{background:#f4f4f4;padding:.8em;overflow-x:auto}</style>",
+        "pre{background:#f4f4f4;padding:.8em;white-space:pre-wrap;overflow-wrap:anywhere}</style>",
         "</head><body>",
         f"<h1>registry-gateway at https://{e(authority)}</h1>",
         f"<table>{table}</table>",
