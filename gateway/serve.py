@@ -184,7 +184,12 @@ def run(args: argparse.Namespace) -> int:
     if sys.platform == "win32":  # pragma: no cover - the peek on accept needs a selector loop.
         asyncio.set_event_loop_policy(asyncio.WindowsSelectorEventLoopPolicy())
     trust = TrustInfo(leaf_path=cert, ca_path=ca_path)
-    return asyncio.run(serve_forever(config, reloader.context, trust, reloader))
+    try:
+        return asyncio.run(serve_forever(config, reloader.context, trust, reloader))
+    except KeyboardInterrupt:  # pragma: no cover - Windows only, see below.
+        # On Windows Ctrl-C cancels serve_forever, which drains and stops the
+        # gateway; asyncio.run then re-raises the interrupt. The stop was clean.
+        return 0
 
 
 def make_reloader(
