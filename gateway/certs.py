@@ -21,7 +21,7 @@ import ipaddress
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import CertificateError
-from gateway.files import atomic_write
+from gateway.files import atomic_write, move_to_backup
 
 log = logging.getLogger("gateway.certs")
 
@@ -357,6 +357,9 @@ class ServingPair:
     ca_path: Path | None
     created_ca: bool = False
     created_leaf: bool = False
+    names: list[str] = field(default_factory=list)
+    reason: str = ""
+    backups: list[Path] = field(default_factory=list)
 
 
 def protect_ca_key(path: Path) -> None:
@@ -388,11 +391,17 @@ def ensure_local_ca(folder: Path, key_type: str = DEFAULT_KEY_TYPE) -> tuple[x50
         )
     key = generate_key(key_type)
     cert = create_ca(key)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CertificateError(
+            f"Cannot create the certificate folder {str(folder)!r}: {exc.strerror}. "
+            "Give a folder you can write with --certs-dir."
+        ) from None
     write_key(key_path, key)
     protect_ca_key(key_path)
     write_certs(cert_path, [cert])
-    log.info("Created a local CA in %s", cert_path)
+    log.debug("Created a local CA in %s", cert_path)
     return cert, key, True
 
 
@@ -407,27 +416,48 @@ def ensure_serving_pair(folder: Path, names: list[str]) -> ServingPair:
     """Reuse the gateway's leaf in `folder` if it is still right, or issue a new one.
 
     A leaf is reissued when it is missing, does not cover one of `names`, was not
-    signed by the folder's CA, or has under a third of its lifetime left.
+    signed by the folder's CA, or has under a third of its lifetime left. The new
+    leaf keeps every name the old one had, so a leaf made with `certs issue` for
+    more names loses none, and the old pair is moved to timestamped backups first.
     """
+    if folder.exists() and not folder.is_dir():
+        raise CertificateError(
+            f"The certificate folder {str(folder)!r} is a file: give a folder with "
+            "--certs-dir (tls.certs_dir), for example 'certs'."
+        )
     ca_cert, ca_key, created_ca = ensure_local_ca(folder)
     cert_path, key_path = folder / LEAF_CERT, folder / LEAF_KEY
     reason = _leaf_problem(cert_path, key_path, ca_cert, names)
     if reason is None:
         return ServingPair(cert_path, key_path, folder / CA_CERT, created_ca, False)
 
+    wanted = list(names)
+    backups: list[Path] = []
+    if cert_path.exists():
+        try:
+            old_dns, old_addresses = san_names(load_certs(cert_path)[0])
+        except CertificateError:
+            old_dns, old_addresses = [], []
+        wanted += [n for n in [*old_dns, *old_addresses] if n not in wanted]
+    for path in (cert_path, key_path):
+        if path.exists():
+            backups.append(move_to_backup(path))
+
     key = generate_key()
-    leaf = issue_leaf(ca_cert, ca_key, key, names)
+    leaf = issue_leaf(ca_cert, ca_key, key, wanted)
     write_key(key_path, key)
     write_certs(cert_path, [leaf])
-    log.info("Issued a new leaf certificate %s (%s)", cert_path, reason)
-    return ServingPair(cert_path, key_path, folder / CA_CERT, created_ca, True)
+    log.debug("Issued a new leaf certificate %s (%s)", cert_path, reason)
+    return ServingPair(
+        cert_path, key_path, folder / CA_CERT, created_ca, True, names=wanted, reason=reason, backups=backups
+    )
 
 
 def _leaf_problem(
     cert_path: Path, key_path: Path, ca_cert: x509.Certificate, names: list[str]
 ) -> str | None:
     if not cert_path.exists() or not key_path.exists():
-        return "none was there"
+        return "there was none yet"
     try:
         leaf = load_certs(cert_path)[0]
         key = load_key(key_path)

@@ -138,8 +138,17 @@ def parse_upstream(value: str, key: str = "upstream") -> URL:
     """Parse an upstream registry URL: `http://` or `https://`, a host, no path."""
     try:
         url = URL(value.strip())
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"Invalid {key} URL {value!r}: {exc}.") from None
+        url.port  # noqa: B018 - yarl parses the port lazily; an invalid one raises here.
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"Invalid {key} URL {value!r}: it does not parse (check the host and that the "
+            "port is a number), for example 'http://127.0.0.1:5000'."
+        ) from None
+    if url.scheme and url.scheme not in ("http", "https") and url.host:
+        raise ConfigError(
+            f"Invalid {key} URL {value!r}: the scheme must be http or https, for example "
+            "'http://127.0.0.1:5000'."
+        )
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigError(
             f"Invalid {key} URL {value!r}: give the registry's address with its "
@@ -205,13 +214,30 @@ def _expect(table: dict[str, Any], key: str, kind: type | tuple[type, ...], wher
     if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
         raise ConfigError(f"Invalid value for {where}{key}: {value!r} is not a number.")
     if not isinstance(value, kind):
-        names = (
-            " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
-        )
+        kinds = kind if isinstance(kind, tuple) else (kind,)
         raise ConfigError(
-            f"Invalid value for {where}{key}: {value!r} is not of type {names}."
+            f"Invalid value for {where}{key}: {value!r} is not {_KIND_WORDS[kinds]}; "
+            f"write it as {_KIND_EXAMPLES[kinds]}."
         )
     return value
+
+
+_KIND_WORDS = {
+    (int, float): "a number of seconds",
+    (int,): "a whole number",
+    (str,): "a string",
+    (list,): "a list",
+    (list, str): "a string or a list of strings",
+    (dict,): "a table",
+}
+_KIND_EXAMPLES = {
+    (int, float): "a plain number without quotes or unit, e.g. 30",
+    (int,): "a number without quotes, e.g. 100",
+    (str,): 'a quoted string, e.g. "certs"',
+    (list,): 'a list, e.g. ["registry.local"]',
+    (list, str): 'a list, e.g. ["127.0.0.1:5443"]',
+    (dict,): "a [section] table",
+}
 
 
 def _reject_unknown(table: dict[str, Any], known: set[str], where: str, path: Path) -> None:

@@ -16,8 +16,11 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
     file system), is flushed with fsync before the rename, and gets `mode` before
     any byte is written, so a private key is never readable by others, even briefly.
     When `mode` is None, an existing file keeps its mode and owner; a new one gets 0644.
+    A symbolic link is followed: its target is replaced and the link stays a link.
     """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -75,9 +78,16 @@ def backup_path(path: Path, stamp: str | None = None) -> Path:
 
 
 def backup(path: Path, stamp: str | None = None) -> Path:
-    """Copy `path` to a timestamped backup beside it, keeping mode and times."""
-    target = backup_path(path, stamp)
-    shutil.copy2(path, target)
+    """Copy `path` to a timestamped backup beside it, keeping mode, times and owner."""
+    source = Path(path).resolve() if Path(path).is_symlink() else Path(path)
+    target = backup_path(source, stamp)
+    shutil.copy2(source, target)
+    if hasattr(os, "chown"):
+        info = source.stat()
+        try:
+            os.chown(target, info.st_uid, info.st_gid)
+        except PermissionError:
+            pass  # Only root may give a file away; the backup stays the caller's.
     return target
 
 

@@ -161,6 +161,12 @@ class Proxy:
             read_bufsize=COPY_CHUNK,
         )
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The client session to the upstream; exists between start() and close()."""
+        assert self._session is not None, "Proxy.start() must run first"
+        return self._session
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -269,6 +275,9 @@ class Proxy:
         if not access_log.isEnabledFor(logging.INFO):
             return
         status = response.status if response is not None else 499
+        if response is not None and not counters["out"]:
+            # The gateway's own answers (errors, /_gateway/ pages) are not counted while streaming.
+            counters["out"] = response.body_length
         access_log.info(
             '%s "%s %s" %d in=%d out=%d %.3fs id=%s',
             request.remote or "-",
@@ -443,8 +452,11 @@ class Proxy:
         )
         code = "UNAVAILABLE"
         message = (
-            f"the gateway's upstream registry {what}" if status == 502 else "the upstream registry timed out"
+            f"the gateway's upstream registry is {what}" if status == 502 else "the upstream registry timed out"
         )
+        if self.config.upstream.scheme == "https" and "WRONG_VERSION_NUMBER" in reason.upper():
+            # The usual cause: --upstream https:// in front of a registry that speaks plain HTTP.
+            message += "; it does not speak TLS, so give the upstream as http://"
         return registry_error(status, code, message, {"upstream": url, "error": reason})
 
 

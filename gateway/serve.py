@@ -22,7 +22,7 @@ from gateway.config import (
 )
 from gateway.errors import CertificateError
 from gateway.server import Gateway
-from gateway.status import TrustInfo, trust_command
+from gateway.status import TrustInfo, trust_command, upstream_state
 
 log = logging.getLogger("gateway.server")
 
@@ -95,7 +95,9 @@ def prepare_tls(config: Config) -> tuple[Path, Path, Path | None]:
     if pair.created_ca:
         print(f"Created a local CA: {pair.ca_path}")
     if pair.created_leaf:
-        print(f"Issued the gateway certificate {pair.cert_path} for {', '.join(config.certificate_names())}")
+        print(f"Issued the gateway certificate {pair.cert_path} for {', '.join(pair.names)} ({pair.reason}).")
+        for backup in pair.backups:
+            print(f"  Moved the previous file to {backup}.")
     return pair.cert_path, pair.key_path, pair.ca_path
 
 
@@ -206,6 +208,20 @@ def make_reloader(
     )
 
 
+async def warn_if_upstream_down(gateway: Gateway, config: Config) -> None:
+    """Check the registry once at start-up, so a wrong --upstream shows before the first push."""
+    state = await upstream_state(gateway.proxy.session, str(config.upstream).rstrip("/"))
+    if state.startswith("reachable"):
+        log.info("Upstream %s is %s", config.upstream, state)
+        return
+    log.warning(
+        "Upstream %s is %s. The gateway starts anyway and answers 502 until the "
+        "registry answers; check --upstream.",
+        config.upstream,
+        state,
+    )
+
+
 async def serve_forever(
     config: Config,
     context,
@@ -213,26 +229,28 @@ async def serve_forever(
     reloader: tlsreload.CertificateReloader | None = None,
 ) -> int:
     gateway = Gateway(config, context, trust)
-    await gateway.start()
-    if reloader is not None:
-        reloader.log_serving(warn_names=False)
-        reloader.attach(gateway)
-    print_trust_hint(config, trust.ca_path, gateway.addresses)
-    for address in gateway.addresses:
-        print(f"Listening on https://{address} -> {config.upstream}", flush=True)
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     if sys.platform != "win32":
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        if reloader is not None:
+    await gateway.start()
+    if reloader is not None:
+        reloader.log_serving(warn_names=False)
+        reloader.attach(gateway)
+        if sys.platform != "win32":
             loop.add_signal_handler(signal.SIGHUP, reloader.reload_on_signal)
+    print_trust_hint(config, trust.ca_path, gateway.addresses)
+    for address in gateway.addresses:
+        print(f"Listening on https://{address} -> {config.upstream}", flush=True)
+    check = loop.create_task(warn_if_upstream_down(gateway, config))
+
     try:
         await stop.wait()
     except asyncio.CancelledError:  # pragma: no cover - Ctrl-C on Windows arrives this way.
         pass
     log.info("Stopping: no new connections; waiting up to %.0f s for transfers", config.drain_timeout)
+    check.cancel()
     if reloader is not None:
         await reloader.stop()
     await gateway.stop()

@@ -86,6 +86,12 @@ def make_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> ss
                 f"The key {str(key)!r} does not match the certificate {str(cert)!r}: give "
                 "the key that was created with this certificate."
             ) from None
+        if "KEY_TOO_SMALL" in str(exc) or "CA_MD_TOO_WEAK" in str(exc):
+            raise CertificateError(
+                f"The certificate {str(cert)!r} uses a key or signature too weak for "
+                f"OpenSSL's security level ({exc.reason}): issue a new one with at least "
+                "RSA 2048 or ECDSA P-256 and SHA-256, e.g. registry-gateway certs issue NAME."
+            ) from None
         raise CertificateError(
             f"Cannot load the certificate {str(cert)!r} with key {str(key)!r}: {exc.reason or exc}. "
             "Both must be PEM files and the key must not be encrypted."

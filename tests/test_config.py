@@ -48,7 +48,8 @@ def test_parse_upstream_variants():
     ("text", "fragment"),
     [
         ("127.0.0.1:5000", "with its scheme"),
-        ("ftp://h:1", "with its scheme"),
+        ("ftp://h:1", "must be http or https"),
+        ("http://h:port", "does not parse"),
         ("http://h:1/v2/", "only scheme, host and port"),
         ("http://user:pw@h:1", "credentials"),
     ],
@@ -82,7 +83,7 @@ def write(tmp_path, text: str) -> Path:
         ("drain_timeout = true\n", "not a number"),
         ('listen = []\n', "at least one"),
         ('[upstream]\npool_size = 0\n', "at least 1"),
-        ('[upstream]\nidle_timeout = "900"\n', "not of type"),
+        ('[upstream]\nidle_timeout = "900"\n', "without quotes or unit"),
         ('log_level = "loud"\n', "debug, info"),
         ('trusted_proxies = ["10.0.0.0/33"]\n', "CIDR"),
         ('[[route]]\nprefix = "/v2/x"\nupstream = "http://127.0.0.1:1"\n', "/v2/"),

@@ -263,3 +263,33 @@ def test_python_dash_m_and_console_script():
     )
     assert result.returncode == 0
     assert result.stdout.startswith("registry-gateway ")
+
+
+def test_reissue_keeps_old_names_and_backs_up(tmp_path, registry):
+    """A leaf that lacks a required name is reissued with all its old names, the old pair kept."""
+    folder = tmp_path / "certs"
+    ca_cert, ca_key, _ = certs.ensure_local_ca(folder)
+    key = certs.generate_key()
+    leaf = certs.issue_leaf(ca_cert, ca_key, key, ["registry.local", "192.0.2.10"])
+    certs.write_certs(folder / certs.LEAF_CERT, [leaf])
+    certs.write_key(folder / certs.LEAF_KEY, key)
+    old_leaf = (folder / certs.LEAF_CERT).read_bytes()
+
+    process = lab.GatewayProcess(
+        ["--listen", "127.0.0.1:0", "--upstream", registry.url, "--certs-dir", str(folder), "--name", "other.local"]
+    ).start()
+    process.stop()
+    new_leaf = certs.load_certs(folder / certs.LEAF_CERT)[0]
+    for name in ("registry.local", "192.0.2.10", "other.local", "localhost", "127.0.0.1", "::1"):
+        assert certs.name_covered(new_leaf, name), name
+    backups = sorted(p.name for p in folder.iterdir() if ".bak-" in p.name)
+    assert len(backups) == 2, backups
+    assert any(b.startswith("gateway.crt.bak-") for b in backups)
+    assert (folder / [b for b in backups if b.startswith("gateway.crt")][0]).read_bytes() == old_leaf
+    assert "Moved the previous file to" in process.output
+
+
+def test_certs_dir_that_is_a_file(tmp_path):
+    path = tmp_path / "afile"
+    path.write_text("")
+    assert_one_line_error(run_serve("--certs-dir", str(path), "--listen", "127.0.0.1:0"), "is a file")
