@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         plain = lab.skopeo("copy", f"oci:{image}:v1", f"docker://{registry.address}/demo/app:v1")
         if plain.returncode == 0:
             raise GatewayError("skopeo pushed to the plain-HTTP port, which clients refuse; check skopeo's configuration.")
-        print("3. Pushing to the plain port fails, as it does for docker:")
+        print("3. Pushing to the plain port fails, as it does for docker by any non-loopback name:")
         print(f"     {lab.skopeo_error(plain)}")
 
         certs_dir = workdir / "certs"
