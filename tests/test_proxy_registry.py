@@ -191,8 +191,11 @@ async def test_head_matches_registry(gateway, client, registry, kind):
     assert headers["Content-Length"] == direct_headers["Content-Length"] == expected_length
     assert headers["Docker-Content-Digest"] == direct_headers["Docker-Content-Digest"]
     assert "Transfer-Encoding" not in headers
-    for name in ("Content-Type", "Etag", "Docker-Distribution-Api-Version"):
-        assert headers.get(name) == direct_headers.get(name), name
+    # Header for header, but for the ones a hop sets itself.
+    hop_set = {"date", "server", "connection", "keep-alive"}
+    through = {k.lower(): v for k, v in headers.items() if k.lower() not in hop_set}
+    direct = {k.lower(): v for k, v in direct_headers.items() if k.lower() not in hop_set}
+    assert through == direct
 
 
 async def test_range_get_gives_206(gateway, client):
