@@ -91,6 +91,38 @@ def test_broken_json_left_untouched(capsys, tmp_path, text, position):
     assert list(tmp_path.iterdir()) == [path]
 
 
+@pytest.mark.parametrize("extra", [(), ("--repair",)])
+def test_comment_named_not_repaired(capsys, tmp_path, extra):
+    """dockerd rejects comments, and --repair cannot remove them, so it is not offered."""
+    path = tmp_path / "daemon.json"
+    path.write_text('{\n  // our mirror\n  "debug": true\n}\n')
+    before = digest(path)
+    status, out, err = merge(capsys, path, "192.0.2.10:5000", "--write", *extra)
+    assert status == 1
+    assert out == ""
+    assert f"Error: {path} line 2 column 3:" in err
+    assert "dockerd does not accept comments" in err
+    assert "remove the comment '// our mirror' on line 2" in err
+    assert "--repair" not in err
+    assert digest(path) == before
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_every_comment_line_named(capsys, tmp_path):
+    """All comment lines are named, and comment marks inside strings are not comments."""
+    path = tmp_path / "daemon.json"
+    path.write_text(
+        '{\n  "data-root": "/srv//docker#1", /* moved */\n'
+        '  "debug": true # on\n}\n'
+    )
+    status, out, err = merge(capsys, path, "192.0.2.10:5000")
+    assert status == 1
+    assert f"Error: {path} line 2 column 34:" in err
+    assert "remove the comment '/* moved */' on line 2" in err
+    assert ", and the comment on line 3," in err
+    assert "--repair" not in err
+
+
 def test_repair_appended_object(capsys, tmp_path):
     """An object appended with >> is repaired only on request, and shown first."""
     path = tmp_path / "daemon.json"
