@@ -110,7 +110,7 @@ def _steps(request: Request, result: Result, target) -> None:
     result.note(
         "buildkitd reads this file only when the builder is created: remove an "
         f"existing one first with docker buildx rm {BUILDER} (older buildx releases "
-        "names the option --config). The default docker driver ignores the file and "
+        "name the option --config). The default docker driver ignores the file and "
         "uses dockerd's settings."
     )
     if request.ca is not None:

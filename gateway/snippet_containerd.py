@@ -54,7 +54,9 @@ def build(request: Request) -> Result:
     ca_path = None
     ca_file = None
     if request.ca is not None:
-        ca_path = folder / "ca.crt"
+        # Absolute, because containerd joins a relative ca with the folder of
+        # hosts.toml, and a relative --merge path is relative to the current folder.
+        ca_path = (folder / "ca.crt").resolve()
         ca_file = ca_output(request.ca, ca_path)
         ca_file.target = ca_path if request.write else None
 

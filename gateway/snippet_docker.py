@@ -298,20 +298,36 @@ def _build_ca(request: Request, result: Result, source: SourceFile | None) -> No
         )
         return
 
-    if request.write:
-        require_native_paths(request, "certs.d")
     folder = registry_folder_name(registry.name, request.platform)
-    shown = os_sep_path(request.platform, paths.certs_dir, folder, "ca.crt")
-    target = paths.certs_path() / folder / "ca.crt" if request.write else None
-    output = ca_output(request.ca, target or paths.certs_path() / folder / "ca.crt", shown)
-    output.target = target
+    platform_shown = os_sep_path(request.platform, paths.certs_dir, folder, "ca.crt")
+    merge_path = source.path if source is not None else None
+    if request.platform != "windows" and merge_path not in (None, paths.config_path()):
+        # A daemon.json given with --merge gets the certs.d folder beside it, so
+        # --write on a copy leaves the platform's certs.d unchanged.
+        destination = merge_path.absolute().parent / "certs.d" / folder / "ca.crt"
+        shown = str(destination)
+    else:
+        if request.write:
+            require_native_paths(request, "certs.d")
+        destination = paths.certs_path() / folder / "ca.crt"
+        shown = platform_shown
+    output = ca_output(request.ca, destination, shown)
+    output.target = destination if request.write else None
     result.files.append(output)
-    result.note(
-        f"Save the CA above as {shown}; dockerd reads it on the next pull or push, "
-        "with no restart."
-        if request.platform != "windows"
-        else f"Save the CA above as {shown}, then run Restart-Service docker."
-    )
+    if shown != platform_shown:
+        result.note(
+            f"The CA goes to {shown}, in the certs.d folder beside {merge_path}. "
+            f"dockerd reads it only from {platform_shown}, so copy it there on the "
+            "machine that runs dockerd. dockerd reads it on the next pull or push, "
+            "with no restart."
+        )
+    elif request.platform == "windows":
+        result.note(f"Save the CA above as {shown}, then run Restart-Service docker.")
+    else:
+        result.note(
+            f"Save the CA above as {shown}; dockerd reads it on the next pull or push, "
+            "with no restart."
+        )
     if request.platform == "windows":
         result.commands.append("Restart-Service docker")
     if source is not None and source.exists:

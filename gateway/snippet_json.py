@@ -18,6 +18,8 @@ from gateway.snippets import SourceFile, line_column
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
+# JSON has no comments, and Go's encoding/json (dockerd's parser) rejects each of these.
+_COMMENT_STARTS = ("//", "/*", "#")
 
 
 @dataclass
@@ -73,6 +75,8 @@ def parse_object(source: SourceFile, what: str) -> JsonObject:
     try:
         _DECODER.decode(text)
     except json.JSONDecodeError as exc:
+        if text.startswith(_COMMENT_STARTS, exc.pos):
+            raise _comment_error(source, exc, what) from None
         raise GatewayError(
             f"{source.path} line {exc.lineno} column {exc.colno}: {exc.msg}, so "
             f"{what} would not start with this file, and it was left unchanged. Fix "
@@ -88,6 +92,68 @@ def parse_object(source: SourceFile, what: str) -> JsonObject:
             'unchanged. Wrap the settings in braces, for example {"debug": false}.'
         )
     return _scan_members(text, start)
+
+
+def _comment_error(source: SourceFile, exc: json.JSONDecodeError, what: str) -> GatewayError:
+    """Return the error for a parse failure at a comment, naming every comment line.
+
+    --repair is not offered, because it removes only trailing commas and
+    appended objects.
+    """
+    # The failure is at the first comment, so the scan finds it unless the
+    # scanner and the json module disagree on strings: then name that position.
+    found = find_comments(source.text)
+    if not found:
+        found = [(exc.lineno, source.text[exc.pos :].split("\n")[0])]
+    first_line, first_text = found[0]
+    if len(first_text) > 60:
+        first_text = first_text[:57] + "..."
+    other_lines = sorted({line for line, _ in found[1:]} - {first_line})
+    if len(other_lines) == 1:
+        others = f", and the comment on line {other_lines[0]}"
+    elif other_lines:
+        others = f", and the comments on lines {', '.join(map(str, other_lines))}"
+    else:
+        others = ""
+    return GatewayError(
+        f"{source.path} line {exc.lineno} column {exc.colno}: {what} does not accept "
+        "comments in JSON, so it would not start with this file, and the file was left "
+        f"unchanged: remove the comment {first_text!r} on line {first_line}{others}, "
+        "then run the command again."
+    )
+
+
+def find_comments(text: str) -> list[tuple[int, str]]:
+    """Return the line and text of each `//`, `/* */` or `#` comment outside JSON strings.
+
+    The text of a comment ends at its line end, or at `*/` for a block comment.
+    """
+    found: list[tuple[int, str]] = []
+    in_string = False
+    escaped = False
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if in_string:
+            in_string = not (char == '"' and not escaped)
+            escaped = char == "\\" and not escaped
+        elif char == '"':
+            in_string = True
+        elif text.startswith(_COMMENT_STARTS, index):
+            line_end = text.find("\n", index)
+            line_end = len(text) if line_end < 0 else line_end
+            end = line_end
+            if text.startswith("/*", index):
+                close = text.find("*/", index + 2)
+                end = close + 2 if 0 <= close < line_end else line_end
+                if close >= 0:
+                    # A block comment may span lines, so the scan resumes after its */.
+                    line_end = close + 2
+            found.append((line_column(text[:index])[0], text[index:end].strip()))
+            index = line_end
+            continue
+        index += 1
+    return found
 
 
 def _scan_members(text: str, start: int) -> JsonObject:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import PurePosixPath
 
 import ruamel.yaml
 import ruamel.yaml.error
@@ -29,6 +30,10 @@ from gateway.snippets import (
     default_merge_path,
     read_source,
 )
+
+# The folder of registry CAs on each node, as `registry-gateway certs export
+# --for k3s` lays it out, so ca_file is the same on every node.
+NODE_CERTS_DIR = PurePosixPath("/etc/rancher/k3s/certs.d")
 
 
 def build(request: Request) -> Result:
@@ -50,7 +55,7 @@ def build(request: Request) -> Result:
     _check_portless_mirror(document, registry, result)
     if request.ca is not None:
         ca_output(request.ca, request.ca)  # validates that the file is a PEM CA
-        _set_ca(document, source, registry.name, str(request.ca.resolve()))
+        _set_ca(document, source, registry.name, str(node_ca_path(registry.name)))
 
     stream = io.StringIO()
     yaml.dump(document, stream)
@@ -65,6 +70,11 @@ def build(request: Request) -> Result:
     )
     _notes(request, result, target)
     return result
+
+
+def node_ca_path(name: str) -> PurePosixPath:
+    """Return the path of the CA for the registry `name` (host:port) on a k3s node."""
+    return NODE_CERTS_DIR / name / "ca.crt"
 
 
 def _yaml(text: str) -> ruamel.yaml.YAML:
@@ -223,8 +233,9 @@ def _notes(request: Request, result: Result, target) -> None:
     result.commands.append("sudo systemctl restart k3s-agent")
     if request.ca is not None:
         result.note(
-            f"The CA must exist at {request.ca.resolve()} on every node, because k3s "
-            "reads ca_file on the node itself."
+            f"Copy {request.ca.resolve()} to {node_ca_path(registry.name)} on every "
+            "node, servers included, before the restart: k3s reads ca_file on the node "
+            "itself, and --write changes only registries.yaml."
         )
     if request.insecure:
         result.warn(

@@ -28,6 +28,13 @@ def test_new_file_http(capsys):
     assert "docker buildx rm registry-gateway" in err
 
 
+def test_builder_note_names_old_option(capsys):
+    """The note names --config, the option older buildx releases use for the file."""
+    status, out, err = snippet(capsys, "--insecure")
+    assert status == 0
+    assert "(older buildx releases name the option --config)" in err
+
+
 def test_new_file_ca(capsys, ca_file):
     status, out, err = snippet(capsys, "--ca", ca_file)
     assert status == 0

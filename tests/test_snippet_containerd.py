@@ -66,6 +66,21 @@ def test_ca_default_path(capsys, ca_file):
     assert entry["ca"] == f"/etc/containerd/certs.d/{HOST}/ca.crt"
 
 
+@pytest.mark.parametrize("relative", [True, False])
+def test_ca_path_absolute_for_merge(capsys, tmp_path, monkeypatch, ca_file, relative):
+    """ca is absolute, because containerd joins a relative ca with the hosts.toml folder."""
+    monkeypatch.chdir(tmp_path)
+    merge_dir = tmp_path / "certs.d" / HOST
+    hosts = f"certs.d/{HOST}/hosts.toml" if relative else merge_dir / "hosts.toml"
+    status, out, err = snippet(capsys, "--ca", ca_file, "--merge", hosts, "--write")
+    assert status == 0
+    written = tomllib.loads((merge_dir / "hosts.toml").read_text())
+    ca_value = written["host"]["https://registry.example:5000"]["ca"]
+    assert ca_value == str((merge_dir / "ca.crt").resolve())
+    assert (merge_dir / "ca.crt").read_bytes() == ca_file.read_bytes()
+    assert sorted(p.name for p in merge_dir.iterdir()) == ["ca.crt", "hosts.toml"]
+
+
 def test_merge_keeps_other_hosts(capsys, tmp_path):
     """A user's mirror host, comments and keys survive the merge."""
     hosts = tmp_path / "hosts.toml"

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from gateway import cli
+from gateway import cli, client_paths
 
 from tests.snippet_helpers import ca_file, digest, run_snippet  # noqa: F401
 
@@ -89,6 +89,38 @@ def test_broken_json_left_untouched(capsys, tmp_path, text, position):
     assert "--repair" in err
     assert digest(path) == before
     assert list(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.parametrize("extra", [(), ("--repair",)])
+def test_comment_named_not_repaired(capsys, tmp_path, extra):
+    """dockerd rejects comments, and --repair cannot remove them, so it is not offered."""
+    path = tmp_path / "daemon.json"
+    path.write_text('{\n  // our mirror\n  "debug": true\n}\n')
+    before = digest(path)
+    status, out, err = merge(capsys, path, "192.0.2.10:5000", "--write", *extra)
+    assert status == 1
+    assert out == ""
+    assert f"Error: {path} line 2 column 3:" in err
+    assert "dockerd does not accept comments" in err
+    assert "remove the comment '// our mirror' on line 2" in err
+    assert "--repair" not in err
+    assert digest(path) == before
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_every_comment_line_named(capsys, tmp_path):
+    """All comment lines are named, and comment marks inside strings are not comments."""
+    path = tmp_path / "daemon.json"
+    path.write_text(
+        '{\n  "data-root": "/srv//docker#1", /* moved */\n'
+        '  "debug": true # on\n}\n'
+    )
+    status, out, err = merge(capsys, path, "192.0.2.10:5000")
+    assert status == 1
+    assert f"Error: {path} line 2 column 34:" in err
+    assert "remove the comment '/* moved */' on line 2" in err
+    assert ", and the comment on line 3," in err
+    assert "--repair" not in err
 
 
 def test_repair_appended_object(capsys, tmp_path):
@@ -455,6 +487,39 @@ def test_ca_goes_to_certs_d(capsys, tmp_path, monkeypatch, ca_file):
     assert out == ca_file.read_text()
     written = tmp_path / ".config/docker/certs.d/registry.example:5000/ca.crt"
     assert written.read_bytes() == ca_file.read_bytes()
+
+
+@pytest.mark.parametrize("platform", ["linux", "rootless"])
+def test_ca_beside_merged_copy(capsys, tmp_path, monkeypatch, ca_file, platform):
+    """With --merge COPY, the CA goes to the certs.d beside COPY, not the platform's."""
+    # The platform's own paths point into tmp_path, so a regression never reaches /etc.
+    platform_root = tmp_path / "platform"
+    monkeypatch.setenv("HOME", str(platform_root))
+    monkeypatch.setitem(
+        client_paths.PATHS,
+        ("docker", "linux"),
+        client_paths.ClientPaths(
+            str(platform_root / "daemon.json"),
+            str(platform_root / "certs.d"),
+            str(platform_root / "daemon.json"),
+        ),
+    )
+    copy_dir = tmp_path / "copy"
+    copy_dir.mkdir()
+    copy = copy_dir / "daemon.json"
+    copy.write_text('{"debug": true}')
+    status, out, err = run_snippet(
+        capsys, "docker", "registry.example:5000", "--ca", ca_file, "--platform", platform,
+        "--merge", copy, "--write",
+    )
+    assert status == 0
+    written = copy_dir / "certs.d" / "registry.example:5000" / "ca.crt"
+    assert written.read_bytes() == ca_file.read_bytes()
+    assert sorted(p.name for p in copy_dir.iterdir()) == ["certs.d", "daemon.json"]
+    assert copy.read_text() == '{"debug": true}'
+    assert not platform_root.exists()
+    assert f"The CA goes to {written}" in err
+    assert "dockerd reads it only from" in err
 
 
 def test_ca_windows_folder_has_no_colon(capsys, ca_file):

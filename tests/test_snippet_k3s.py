@@ -40,11 +40,27 @@ def test_new_file_insecure(capsys):
 
 
 def test_ca_sets_tls_ca_file(capsys, ca_file):
+    """ca_file is the node path that certs export --for k3s uses, not the local --ca path."""
+    node_ca = f"/etc/rancher/k3s/certs.d/{HOST}/ca.crt"
     status, out, err = snippet(capsys, "--ca", ca_file)
     assert status == 0
     parsed = yaml.safe_load(out)
     assert parsed["mirrors"][HOST]["endpoint"] == ["https://registry.example:5000"]
-    assert parsed["configs"][HOST]["tls"]["ca_file"] == str(ca_file.resolve())
+    assert parsed["configs"][HOST]["tls"]["ca_file"] == node_ca
+    assert str(ca_file) not in out
+    assert f"Copy {ca_file.resolve()} to {node_ca} on every node" in err
+
+
+def test_ca_merge_writes_only_yaml(capsys, tmp_path, ca_file):
+    """--write with --ca changes only the merged registries.yaml, never the node CA path."""
+    folder = tmp_path / "k3s"
+    folder.mkdir()
+    path = folder / "registries.yaml"
+    status, out, err = snippet(capsys, "--ca", ca_file, "--merge", path, "--write")
+    assert status == 0
+    parsed = yaml.safe_load(path.read_text())
+    assert parsed["configs"][HOST]["tls"]["ca_file"] == f"/etc/rancher/k3s/certs.d/{HOST}/ca.crt"
+    assert list(folder.iterdir()) == [path]
 
 
 ORIGINAL = """\
