@@ -39,6 +39,8 @@ GO_KEY_USAGE = "x509: certificate specifies an incompatible key usage"
 GO_PATH_LENGTH = "x509: too many intermediates for path length constraint"
 # Debian's bundle, read when Python's OpenSSL reports no CA file of its own.
 FALLBACK_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# A DNS name (wildcards included) or an IP address: the form of a server's Common Name.
+HOST_NAME = re.compile(r"[A-Za-z0-9*._:-]+")
 PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
@@ -169,7 +171,10 @@ def check_certificate(
         _check_key(report, leaf, cert_path, key_path, fix)
     else:
         report.notes.append("No --key given, so the key was not compared with the certificate.")
-    _check_leaf_kind(report, leaf, cert_path)
+    if is_self_signed_server(chain):
+        _warn_self_signed_server(report, cert_path, folder)
+    else:
+        _check_leaf_kind(report, leaf, cert_path)
     roots, source = load_roots(ca_path)
     _check_chain(report, chain, roots, source, cert_path)
     _check_names(report, leaf, cert_path, names or [], fix)
@@ -207,6 +212,35 @@ def _check_key(report: Report, leaf, cert_path: Path, key_path: Path, fix: str) 
             f"The key {str(key_path)!r} is readable by other users (mode {mode:04o}). "
             f"Restrict it: chmod 600 {key_path}"
         )
+
+
+def is_self_signed_server(chain: list[x509.Certificate]) -> bool:
+    """Return whether `chain` is one self-signed certificate made for a server.
+
+    `openssl req -x509` marks such a certificate CA:TRUE, and Go clients still
+    accept it as a server certificate when the same certificate is their trusted
+    ca.crt. It counts as a server certificate when it has a subjectAltName, or a
+    Common Name that is a host name or an IP address, unlike the local CA's.
+    """
+    if len(chain) != 1 or chain[0].issuer != chain[0].subject:
+        return False
+    cert = chain[0]
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return _has_san(cert) or bool(HOST_NAME.fullmatch(_common_name(cert)))
+
+
+def _warn_self_signed_server(report: Report, cert_path: Path, folder: Path) -> None:
+    option = dir_option(folder)
+    report.warning(
+        f"The certificate {str(cert_path)!r} is self-signed, so each client must trust "
+        f"this very certificate: install {str(cert_path)!r} as the client's ca.crt. "
+        "Every renewal makes a new certificate and breaks that trust on every client. "
+        f"To renew without that, create a local CA once (registry-gateway certs init{option}) "
+        f"and issue the server certificate from it: registry-gateway certs issue{option} NAME ..."
+    )
 
 
 def _check_leaf_kind(report: Report, leaf, cert_path: Path) -> None:

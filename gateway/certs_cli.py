@@ -201,11 +201,19 @@ def run_check(args: argparse.Namespace) -> int:
         print(finding)
     _print_notes(report.notes)
     if report.findings:
-        print(f"Found {len(report.findings)} problem(s) in {str(cert)!r}.")
+        errors = sum(1 for finding in report.findings if finding.level == "Error")
+        warnings = len(report.findings) - errors
+        print(
+            f"Found {_count(errors, 'error')} and {_count(warnings, 'warning')} in {str(cert)!r}."
+        )
         return 1
     root = report.root.subject.rfc4514_string() if report.root is not None else "?"
     print(f"No problems found in {str(cert)!r}; it chains to {root!r}.")
     return 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
