@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gateway import certcheck, certs, certshow, certstore, export
 from gateway.certnames import describe_constraints
+from gateway.errors import CertificateError
 
 DEFAULT_DIR = Path("certs")
 
@@ -123,6 +124,8 @@ def run_init(args: argparse.Namespace) -> int:
         args.dir, args.key_type, args.name_constraint, days=args.days, force=args.force
     )
     _print_backups(issued)
+    if issued.backups:
+        _warn_replaced_ca(args.dir)
     expiry = certstore.long_date(issued.cert.not_valid_after_utc)
     print(f"Created a local CA {str(issued.cert_path)!r}, valid until {expiry}.")
     print(f"Its private key is {str(issued.key_path)!r} (mode 0400): keep it on this host.")
@@ -136,6 +139,28 @@ def run_init(args: argparse.Namespace) -> int:
     _print_notes(issued.notes)
     print(f"Next, issue the gateway's certificate: registry-gateway certs issue{certstore.dir_option(args.dir)} NAME ...")
     return 0
+
+
+def _warn_replaced_ca(folder: Path) -> None:
+    """Warn that leaves and client trust made for the replaced CA no longer verify."""
+    option = certstore.dir_option(folder)
+    leaf_path = folder / certs.LEAF_CERT
+    names, example = "NAME ...", ""
+    try:
+        dns_names, addresses = certs.san_names(certs.load_certs(leaf_path)[0])
+    except (OSError, CertificateError):
+        pass  # No readable leaf, so the command keeps the NAME placeholder.
+    else:
+        names = " ".join([*dns_names, *addresses]) or names
+        example = f" (such as {str(leaf_path)!r})"
+    print(
+        f"Warning: The old CA was replaced, so every leaf it issued{example} and the "
+        "trust each client installed for it are now stale. Clients that trust the new "
+        "CA reject the old leaves, and clients that still trust the old CA reject the "
+        f"new ones. Re-issue the leaf with: registry-gateway certs issue{option} "
+        f"{names} --force. Then re-export the new CA to each client with: "
+        f"registry-gateway certs export{option} --host HOST:PORT --for CLIENT --install"
+    )
 
 
 def run_issue(args: argparse.Namespace) -> int:

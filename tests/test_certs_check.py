@@ -419,3 +419,53 @@ def test_check_self_signed_cn_only(tmp_path, capsys):
     assert status == 1
     assert "is a CA certificate" not in out
     assert f'"{certcheck.GO_CN_ONLY}"' in out
+
+
+def test_check_after_init_force(tmp_path, capsys):
+    """A leaf of the replaced CA is blamed on the replacement, not on an intermediate."""
+    folder = tmp_path / "certs"
+    new_ca(folder)
+    run_cli(capsys, "certs", "issue", "--dir", str(folder), "localhost")
+    run_cli(capsys, "certs", "init", "--dir", str(folder), "--force")
+    status, out = check(capsys, "--dir", str(folder))
+    assert status == 1
+    assert "intermediate" not in out
+    assert "the CA was replaced (for example by `registry-gateway certs init --force`)" in out
+    assert f"Issue a new leaf from the current CA: registry-gateway certs issue --dir {folder} localhost --force" in out
+
+
+def test_check_same_name_other_ca(tmp_path, capsys, layout):
+    """A leaf whose issuer has the CA's name but another key: a different CA of that name."""
+    folder = tmp_path / "certs"
+    ca_cert, _ = new_ca(folder)
+    impostor_key = certs.generate_key()
+    common_name = ca_cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    impostor = certs.create_ca(impostor_key, common_name)
+    assert impostor.subject == ca_cert.subject
+    leaf, key = issue(impostor, impostor_key, ["localhost"])
+    cert_path, key_path = write_pair(tmp_path, "leaf", [leaf], key)
+    with tls_registry(cert_path, key_path, tmp_path / "reg") as registry:
+        result = skopeo_push(layout, registry.address, trust_dir(tmp_path / "trust", folder / "ca.crt"), host="localhost")
+    status, out = check(capsys, "--dir", str(folder), "--cert", str(cert_path), "--ca", str(folder / "ca.crt"))
+    assert status == 1
+    assert "intermediate" not in out
+    assert "A different CA with the same name did" in out
+    assert "registry-gateway certs init --force" in out
+    assert f"registry-gateway certs issue --dir {folder} localhost --force" in out
+    assert result.returncode == 1
+    go_message = lab.skopeo_error(result).rsplit("/v2/\": ", 1)[1]
+    assert go_message == certcheck.go_same_name_error(ca_cert)
+    assert f'"{go_message}"' in out
+
+
+def test_check_counts_errors_warnings(tmp_path, capsys):
+    """The summary line counts errors and warnings apart."""
+    ca_cert, ca_key = new_ca(tmp_path / "certs")
+    leaf, key = issue(ca_cert, ca_key, ["localhost"], days=10)
+    cert_path, _ = write_pair(tmp_path, "leaf", [leaf], key)
+    status, out = check(
+        capsys, "--cert", str(cert_path), "--ca", str(tmp_path / "certs" / "ca.crt"),
+        "--name", "127.0.0.1",
+    )
+    assert status == 1
+    assert f"Found 1 error and 1 warning in {str(cert_path)!r}." in out
