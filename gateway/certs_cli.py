@@ -331,7 +331,13 @@ def _add_show(commands: argparse._SubParsersAction) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    for path, lines in certshow.describe_folder(args.dir):
+    described = certshow.describe_folder(args.dir)
+    if not described:
+        print(
+            f"The folder {str(args.dir)!r} contains no certificates or keys. Create a local "
+            f"CA in it with: registry-gateway certs init{certstore.dir_option(args.dir)}"
+        )
+    for path, lines in described:
         print(path)
         for line in lines:
             print(f"  {line}" if line else "")
