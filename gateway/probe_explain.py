@@ -64,7 +64,7 @@ RULES = [
         r"legacy Common Name field",
         probe.CN_ONLY,
         "The certificate has a Common Name but no subjectAltName, which Go clients have rejected since Go 1.15; GODEBUG=x509ignoreCN=0 stopped working in Go 1.17.",
-        "Reissue the certificate with a SAN for {host}; the gateway generates one: registry-gateway serve --upstream http://HOST:PORT --name {host} --listen {listen}",
+        "Reissue the certificate with a SAN for {host} from the local CA, then set the registry's http.tls certificate and key to the new files: registry-gateway certs issue {host}",
         "registry",
     ),
     Rule(

@@ -201,3 +201,26 @@ def test_fix_commands_parse(verdict):
         assert argv[0] == "registry-gateway"
         parsed = parser.parse_args(argv[1:])
         assert parsed.func is not None
+
+
+CERTIFICATE_VERDICTS = (
+    probe.UNKNOWN_AUTHORITY,
+    probe.SELF_SIGNED,
+    probe.CHAIN_INCOMPLETE,
+    probe.NAME_MISMATCH,
+    probe.IP_SAN_MISSING,
+    probe.CN_ONLY,
+    probe.EXPIRED,
+    probe.NOT_YET_VALID,
+)
+
+
+@pytest.mark.parametrize("verdict", CERTIFICATE_VERDICTS)
+def test_certificate_fixes_no_upstream(verdict):
+    """A certificate verdict means the port speaks TLS, so no fix points a plain-HTTP upstream at it."""
+    report = probe.Report(
+        target=probe.parse_target("registry.example:5000"), verdict=verdict
+    )
+    for fix in verdicts.fixes(report):
+        assert "--upstream" not in fix.command
+        assert "http://registry.example:5000" not in fix.text

@@ -247,6 +247,28 @@ def test_tls_cn_only(tmp_path, root_ca, host, go_error):
     assert "CN='127.0.0.1'" in report.summary
 
 
+def test_tls_cn_only_fixes(tmp_path, root_ca):
+    """A CN-only certificate on a TLS registry: reissue it, never a gateway to a TLS port."""
+    from gateway import probe_cli
+
+    leaf = make_leaf(root_ca, [], common_name="127.0.0.1")
+    registry = tls_registry(tmp_path, [leaf.cert], leaf.key)
+    trust = support.write_trust(tmp_path / "trust", root_ca.cert)
+    try:
+        report = run_probe(registry.address, ca=[trust / "ca.crt"])
+    finally:
+        registry.stop()
+    text = probe_cli.render(report)
+    assert report.verdict == probe.CN_ONLY
+    assert report.fixes[0].side == "registry"
+    assert report.fixes[0].command == "registry-gateway certs issue 127.0.0.1"
+    assert "http.tls certificate and key" in report.fixes[0].text
+    assert report.fixes[1].command == f"registry-gateway certs export --host {registry.address} --for docker"
+    assert len(report.fixes) == 2
+    assert "--upstream" not in text
+    assert "Or connect by a name the certificate lists" not in text
+
+
 def test_tls_expired(tmp_path, root_ca):
     """An expired leaf: Go's text carries both times; the report shows both clocks."""
     not_after = (certs.now() - DAY).replace(microsecond=0)
