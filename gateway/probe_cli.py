@@ -30,6 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Connect to HOST[:PORT] the way docker, containerd and podman do, classify "
             "what answers, and print each client's exact error and the fix."
         ),
+        epilog=(
+            "Exit status: 0 when every selected client (--client) would succeed; 1 when "
+            "any selected client would fail, a finding is an Error, the --explain text "
+            "is not recognised or names an unreachable host, a --local audit finds an "
+            "error, or a file given cannot be used; 2 for a usage error, such as an "
+            "invalid HOST[:PORT] or an empty --explain."
+        ),
     )
     parser.add_argument(
         "target",
@@ -192,8 +199,7 @@ def emit(report: probe.Report, as_json: bool, extra: dict | None = None) -> None
 
 def render(report: probe.Report) -> str:
     """Format the report for people: verdict, evidence by step, each client's line, fixes."""
-    title = probe.VERDICT_TITLES[report.verdict]
-    lines = [f"{report.target.authority}: {title}", f"  {report.summary}", "", "Steps:"]
+    lines = [f"{report.target.authority}: {headline(report)}", f"  {report.summary}", "", "Steps:"]
     for step in report.steps:
         lines.append(
             f"  {step.name:<10} {step.status:<7} {step.duration_ms:>7.1f} ms  {step.detail}"
@@ -235,6 +241,22 @@ def render(report: probe.Report) -> str:
             if fix.command:
                 lines.append(f"       {fix.command}")
     return "\n".join(lines)
+
+
+def headline(report: probe.Report) -> str:
+    """Return the verdict title, naming the clients that fail when the verdict is OK."""
+    title = probe.VERDICT_TITLES[report.verdict]
+    failing = [c for c in report.clients if not c.ok]
+    if report.verdict != probe.TLS_OK or not failing:
+        return title
+    passing = [CLIENT_LABELS[c.client] for c in report.clients if c.ok]
+    reasons = "; ".join(
+        f"{CLIENT_LABELS[c.client]} would fail, because {c.rule or c.message}"
+        for c in failing
+    )
+    if not passing:
+        return f"{title} on the wire, but {reasons}"
+    return f"{title} for {' and '.join(passing)}; {reasons}"
 
 
 def verdict_line(address: str, ca_files: list[Path] | None = None) -> str:

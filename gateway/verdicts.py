@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from gateway import probe
+from gateway import clients, probe
 from gateway.probe import Finding, Fix, Report
 
 GATEWAY_PORT = 5443
@@ -299,6 +299,48 @@ def fixes(report: Report) -> list[Fix]:
         Fix(side, text.format(**values), command.format(**values))
         for side, text, command in templates
     ]
+
+
+def client_fixes(report: Report, options: probe.Options) -> list[Fix]:
+    """List the fixes for clients that fail for a reason of their own, not the verdict's.
+
+    Call it after `clients.predict`. The two cases are ctr's plain-HTTP default for
+    loopback hosts, which fails on a TLS port, and an IPv6 literal in an image
+    reference, which docker and skopeo cannot parse.
+    """
+    target = report.target
+    found, unparsed = [], []
+    for prediction in report.clients:
+        if prediction.ok:
+            continue
+        if (
+            prediction.client == "containerd"
+            and report.scheme == "https"
+            and clients.ctr_uses_plain_http(target)
+        ):
+            ca_file = options.ca_files[0] if options.ca_files else "certs/ca.crt"
+            found.append(
+                Fix(
+                    "client",
+                    f"Give ctr a hosts.toml for {target.authority} with server = "
+                    f'"https://{target.authority}" and ca set to the CA file, because '
+                    f"without one ctr speaks plain HTTP to {target.host}. This command "
+                    "prints the file and where it goes.",
+                    f"registry-gateway snippet containerd {target.authority} --ca {ca_file}",
+                )
+            )
+        elif prediction.core.endswith(clients.IPV6_REFERENCE_ERROR):
+            unparsed.append(prediction.client)
+    if unparsed:
+        found.append(
+            Fix(
+                "client",
+                f"{' and '.join(unparsed)} cannot parse the IPv6 literal {target.host} "
+                "in an image reference: add a name for it to the hosts file "
+                "(/etc/hosts) and use that name in the reference.",
+            )
+        )
+    return found
 
 
 def _add_findings(report: Report) -> None:

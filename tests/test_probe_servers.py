@@ -264,7 +264,8 @@ def test_tls_cn_only_fixes(tmp_path, root_ca):
     assert report.fixes[0].command == "registry-gateway certs issue 127.0.0.1"
     assert "http.tls certificate and key" in report.fixes[0].text
     assert report.fixes[1].command == f"registry-gateway certs export --host {registry.address} --for docker"
-    assert len(report.fixes) == 2
+    assert report.fixes[2].command.startswith("registry-gateway snippet containerd")
+    assert len(report.fixes) == 3
     assert "--upstream" not in text
     assert "Or connect by a name the certificate lists" not in text
 
@@ -615,3 +616,48 @@ def test_ipv6_literal_reference(tmp_path):
     assert report.target.authority == f"[::1]:{registry.port}"
     assert prediction(report, "podman").core == real == "invalid reference format"
     assert prediction(report, "containerd").ok
+
+
+def test_gateway_loopback_ctr_fails(gateway_process, local_ca, capsys):
+    """The gateway on 127.0.0.1: docker and podman pass, ctr fails, and its fix is shown."""
+    from gateway.cli import main
+
+    address = f"127.0.0.1:{gateway_process.port}"
+    ca_file = local_ca / certs.CA_CERT
+    status = main(["probe", address, "--ca", str(ca_file), "--no-system-trust"])
+    out = capsys.readouterr().out
+    headline = out.splitlines()[0]
+    assert status == 1
+    assert headline.startswith(
+        f"{address}: TLS registry OK for docker and podman/skopeo; containerd/ctr would fail, because"
+    )
+    assert "\nFix, best first:\n" in out
+    assert f'server = "https://{address}"' in out
+    assert f"registry-gateway snippet containerd {address} --ca {ca_file}" in out
+
+
+def test_gateway_loopback_podman_ok(gateway_process, local_ca, capsys):
+    """With only podman selected nothing fails: exit 0, the plain title and no fixes."""
+    from gateway.cli import main
+
+    address = f"127.0.0.1:{gateway_process.port}"
+    status = main(
+        ["probe", address, "--ca", str(local_ca / certs.CA_CERT), "--client", "podman"]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    assert out.splitlines()[0] == f"{address}: TLS registry OK"
+    assert "Fix, best first:" not in out
+
+
+def test_probe_help_exit_status(capsys):
+    """`probe --help` states the exit status for success, failure and usage errors."""
+    from gateway.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["probe", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert exited.value.code == 0
+    assert "Exit status: 0 when every selected client (--client) would succeed" in out
+    assert "1 when any selected client would fail" in out
+    assert "2 for a usage error" in out
