@@ -1,7 +1,8 @@
 """`registry-gateway probe`: the subcommand, its options and its text and JSON output.
 
 Exit status: 0 when every selected client would succeed, 1 when one would fail
-(or for a user error), 2 for a usage error (argparse).
+(or for a user error), 2 for a usage error (argparse), an invalid HOST[:PORT]
+included.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from gateway import probe
+from gateway.errors import GatewayError
 
 DOCKER_CERTS_DIR = Path("/etc/docker/certs.d")
 CLIENT_CHOICES = ("docker", "containerd", "podman", "all")
@@ -156,6 +158,12 @@ def run(args: argparse.Namespace) -> int:
         from gateway import probe_explain
 
         text = sys.stdin.read() if args.explain == "-" else args.explain
+        if not text.strip():
+            where = "standard input is empty" if args.explain == "-" else "the text is empty"
+            args.parser.error(
+                f"--explain needs a client's error message, but {where}: paste the "
+                "message, or give '-' and pipe it in"
+            )
         return probe_explain.run(text, args, options_from(args))
     if args.local is not None:
         return run_local(args)
@@ -163,15 +171,23 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error(
             "give HOST[:PORT] to probe, or --explain TEXT, or --local HOST[:PORT]"
         )
-    report = probe.run(probe.parse_target(args.target), options_from(args))
+    report = probe.run(parse_target_argument(args, args.target), options_from(args))
     emit(report, args.json)
     return 0 if report.ok else 1
+
+
+def parse_target_argument(args: argparse.Namespace, text: str) -> probe.Target:
+    """Parse a HOST[:PORT] argument, exiting with a usage error (status 2) when invalid."""
+    try:
+        return probe.parse_target(text)
+    except GatewayError as exc:
+        args.parser.error(str(exc))
 
 
 def run_local(args: argparse.Namespace) -> int:
     from gateway import probe_local
 
-    target = probe.parse_target(args.local)
+    target = parse_target_argument(args, args.local)
     paths = probe_local.AuditPaths(
         daemon_json=args.daemon_json,
         certs_dir=args.cert_dir,

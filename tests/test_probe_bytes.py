@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -224,3 +226,34 @@ def test_certificate_fixes_no_upstream(verdict):
     for fix in verdicts.fixes(report):
         assert "--upstream" not in fix.command
         assert "http://registry.example:5000" not in fix.text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["127.0.0.1:99999"], "Invalid port '99999' in '127.0.0.1:99999'"),
+        (["--local", "registry.local:0"], "Invalid port '0' in 'registry.local:0'"),
+        (["--explain", ""], "--explain needs a client's error message, but the text is empty"),
+        (["--explain", "   "], "--explain needs a client's error message, but the text is empty"),
+    ],
+)
+def test_probe_usage_errors(argv, message):
+    """An invalid target or an empty --explain is a usage error: exit 2 with the usage line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "probe", *argv],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: registry-gateway probe")
+    assert f"registry-gateway probe: error: {message}" in result.stderr
+    assert result.stdout == ""
+
+
+def test_probe_explain_empty_stdin():
+    """`--explain -` with nothing on standard input is a usage error too."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "probe", "--explain", "-"],
+        capture_output=True, text=True, timeout=60, input="",
+    )
+    assert result.returncode == 2
+    assert "but standard input is empty" in result.stderr

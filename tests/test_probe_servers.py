@@ -538,8 +538,8 @@ def test_cli_exit_codes(registry):
     status, _, _ = support.cli(registry.address, "--client", "nerdctl")
     assert status == 2
     status, _, errors = support.cli("registry.local:http")
-    assert status == 1
-    assert errors.startswith("Error: Invalid port 'http'")
+    assert status == 2
+    assert "registry-gateway probe: error: Invalid port 'http'" in errors
     status, _, errors = support.cli(registry.address, "--ca", "/nonexistent/ca.crt")
     assert status == 1
     assert (
