@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway import certs
@@ -39,6 +39,12 @@ GO_KEY_USAGE = "x509: certificate specifies an incompatible key usage"
 GO_PATH_LENGTH = "x509: too many intermediates for path length constraint"
 # Debian's bundle, read when Python's OpenSSL reports no CA file of its own.
 FALLBACK_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# The subject `certs init` gives each local CA: this organization, and a Common
+# Name of this prefix, the user and host, and a random suffix (gateway.certs).
+LOCAL_CA_ORGANIZATION = "registry-gateway"
+LOCAL_CA_PREFIX = "registry-gateway local CA "
+# A DNS name (wildcards included) or an IP address: the form of a server's Common Name.
+HOST_NAME = re.compile(r"[A-Za-z0-9*._:-]+")
 PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
@@ -169,9 +175,12 @@ def check_certificate(
         _check_key(report, leaf, cert_path, key_path, fix)
     else:
         report.notes.append("No --key given, so the key was not compared with the certificate.")
-    _check_leaf_kind(report, leaf, cert_path)
+    if is_self_signed_server(chain):
+        _warn_self_signed_server(report, cert_path, folder)
+    else:
+        _check_leaf_kind(report, leaf, cert_path)
     roots, source = load_roots(ca_path)
-    _check_chain(report, chain, roots, source, cert_path)
+    _check_chain(report, chain, roots, source, cert_path, fix)
     _check_names(report, leaf, cert_path, names or [], fix)
     for index, cert in enumerate(chain):
         _check_validity(report, cert, index == 0, at, fix)
@@ -209,6 +218,35 @@ def _check_key(report: Report, leaf, cert_path: Path, key_path: Path, fix: str) 
         )
 
 
+def is_self_signed_server(chain: list[x509.Certificate]) -> bool:
+    """Return whether `chain` is one self-signed certificate made for a server.
+
+    `openssl req -x509` marks such a certificate CA:TRUE, and Go clients still
+    accept it as a server certificate when the same certificate is their trusted
+    ca.crt. It counts as a server certificate when it has a subjectAltName, or a
+    Common Name that is a host name or an IP address, unlike the local CA's.
+    """
+    if len(chain) != 1 or chain[0].issuer != chain[0].subject:
+        return False
+    cert = chain[0]
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return _has_san(cert) or bool(HOST_NAME.fullmatch(_common_name(cert)))
+
+
+def _warn_self_signed_server(report: Report, cert_path: Path, folder: Path) -> None:
+    option = dir_option(folder)
+    report.warning(
+        f"The certificate {str(cert_path)!r} is self-signed, so each client must trust "
+        f"this very certificate: install {str(cert_path)!r} as the client's ca.crt. "
+        "Every renewal makes a new certificate and breaks that trust on every client. "
+        f"To renew without that, create a local CA once (registry-gateway certs init{option}) "
+        f"and issue the server certificate from it: registry-gateway certs issue{option} NAME ..."
+    )
+
+
 def _check_leaf_kind(report: Report, leaf, cert_path: Path) -> None:
     if certs.is_ca(leaf):
         report.error(
@@ -218,7 +256,7 @@ def _check_leaf_kind(report: Report, leaf, cert_path: Path) -> None:
         )
 
 
-def _check_chain(report: Report, chain, roots, source: str, cert_path: Path) -> None:
+def _check_chain(report: Report, chain, roots, source: str, cert_path: Path, fix: str) -> None:
     path = [chain[0]]
     supplied = chain[1:]
     for _step in range(MAX_CHAIN):
@@ -242,6 +280,27 @@ def _check_chain(report: Report, chain, roots, source: str, cert_path: Path) -> 
             break
         path.append(issuer)
     missing = path[-1].issuer.rfc4514_string()
+    impostor = _same_name_ca(path[-1], roots)
+    if impostor is not None:
+        report.error(
+            f"The certificate {path[-1].subject.rfc4514_string()!r} names the issuer "
+            f"{missing!r}, and the CA of that name in {source} did not sign it. A "
+            "different CA with the same name did (for example one replaced by "
+            "`registry-gateway certs init --force`), so Go clients fail with "
+            f"\"{go_same_name_error(impostor)}\". Issue a new leaf from the current "
+            f"CA: {fix}"
+        )
+        return
+    replacement = _replacing_local_ca(path[-1], roots)
+    if replacement is not None:
+        report.error(
+            f"The certificate was issued by the local CA {missing!r}, but {source} "
+            f"contains another local CA, {replacement.subject.rfc4514_string()!r}: the CA "
+            "was replaced (for example by `registry-gateway certs init --force`), so "
+            f"Go clients that trust the new CA fail with \"{GO_UNKNOWN_AUTHORITY}\". "
+            f"Issue a new leaf from the current CA: {fix}"
+        )
+        return
     if len(chain) == 1:
         report.error(
             f"The file {str(cert_path)!r} contains the leaf without the intermediate "
@@ -274,6 +333,50 @@ def _check_path_length(path: list[x509.Certificate], report: Report) -> None:
                 f"\"{GO_PATH_LENGTH}\". Issue the leaf directly from that CA: "
                 "registry-gateway certs issue NAME ..."
             )
+
+
+def go_same_name_error(candidate: x509.Certificate) -> str:
+    """Return Go's UnknownAuthorityError text when `candidate` has the right name but another key.
+
+    Go 1.19 crypto/x509 adds the failed signature check of a same-named
+    candidate CA as a hint.
+    """
+    public = candidate.public_key()
+    if isinstance(public, rsa.RSAPublicKey):
+        failure = "crypto/rsa: verification error"
+    elif isinstance(public, ec.EllipticCurvePublicKey):
+        failure = "x509: ECDSA verification failure"
+    else:
+        failure = "x509: Ed25519 verification failure"
+    return (
+        f'{GO_UNKNOWN_AUTHORITY} (possibly because of "{failure}" while trying to '
+        f'verify candidate authority certificate "{_common_name(candidate)}")'
+    )
+
+
+def _same_name_ca(cert: x509.Certificate, candidates: list[x509.Certificate]) -> x509.Certificate | None:
+    """Return a CA named as `cert`'s issuer whose key did not sign `cert`, if one is given."""
+    for candidate in candidates:
+        if candidate.subject == cert.issuer and candidate is not cert:
+            return candidate
+    return None
+
+
+def _is_local_ca_name(name: x509.Name) -> bool:
+    organizations = name.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    common_names = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return (
+        [str(o.value) for o in organizations] == [LOCAL_CA_ORGANIZATION]
+        and len(common_names) == 1
+        and str(common_names[0].value).startswith(LOCAL_CA_PREFIX)
+    )
+
+
+def _replacing_local_ca(cert: x509.Certificate, roots: list[x509.Certificate]) -> x509.Certificate | None:
+    """Return a local CA from `roots` when `cert` was issued by another local CA."""
+    if not _is_local_ca_name(cert.issuer):
+        return None
+    return next((root for root in roots if _is_local_ca_name(root.subject)), None)
 
 
 def _find_issuer(cert: x509.Certificate, candidates: list[x509.Certificate]) -> x509.Certificate | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gateway import certcheck, certs, certshow, certstore, export
 from gateway.certnames import describe_constraints
+from gateway.errors import CertificateError
 
 DEFAULT_DIR = Path("certs")
 
@@ -123,6 +124,8 @@ def run_init(args: argparse.Namespace) -> int:
         args.dir, args.key_type, args.name_constraint, days=args.days, force=args.force
     )
     _print_backups(issued)
+    if issued.backups:
+        _warn_replaced_ca(args.dir)
     expiry = certstore.long_date(issued.cert.not_valid_after_utc)
     print(f"Created a local CA {str(issued.cert_path)!r}, valid until {expiry}.")
     print(f"Its private key is {str(issued.key_path)!r} (mode 0400): keep it on this host.")
@@ -136,6 +139,28 @@ def run_init(args: argparse.Namespace) -> int:
     _print_notes(issued.notes)
     print(f"Next, issue the gateway's certificate: registry-gateway certs issue{certstore.dir_option(args.dir)} NAME ...")
     return 0
+
+
+def _warn_replaced_ca(folder: Path) -> None:
+    """Warn that leaves and client trust made for the replaced CA no longer verify."""
+    option = certstore.dir_option(folder)
+    leaf_path = folder / certs.LEAF_CERT
+    names, example = "NAME ...", ""
+    try:
+        dns_names, addresses = certs.san_names(certs.load_certs(leaf_path)[0])
+    except (OSError, CertificateError):
+        pass  # No readable leaf, so the command keeps the NAME placeholder.
+    else:
+        names = " ".join([*dns_names, *addresses]) or names
+        example = f" (such as {str(leaf_path)!r})"
+    print(
+        f"Warning: The old CA was replaced, so every leaf it issued{example} and the "
+        "trust each client installed for it are now stale. Clients that trust the new "
+        "CA reject the old leaves, and clients that still trust the old CA reject the "
+        f"new ones. Re-issue the leaf with: registry-gateway certs issue{option} "
+        f"{names} --force. Then re-export the new CA to each client with: "
+        f"registry-gateway certs export{option} --host HOST:PORT --for CLIENT --install"
+    )
 
 
 def run_issue(args: argparse.Namespace) -> int:
@@ -201,11 +226,19 @@ def run_check(args: argparse.Namespace) -> int:
         print(finding)
     _print_notes(report.notes)
     if report.findings:
-        print(f"Found {len(report.findings)} problem(s) in {str(cert)!r}.")
+        errors = sum(1 for finding in report.findings if finding.level == "Error")
+        warnings = len(report.findings) - errors
+        print(
+            f"Found {_count(errors, 'error')} and {_count(warnings, 'warning')} in {str(cert)!r}."
+        )
         return 1
     root = report.root.subject.rfc4514_string() if report.root is not None else "?"
     print(f"No problems found in {str(cert)!r}; it chains to {root!r}.")
     return 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
@@ -298,7 +331,13 @@ def _add_show(commands: argparse._SubParsersAction) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    for path, lines in certshow.describe_folder(args.dir):
+    described = certshow.describe_folder(args.dir)
+    if not described:
+        print(
+            f"The folder {str(args.dir)!r} contains no certificates or keys. Create a local "
+            f"CA in it with: registry-gateway certs init{certstore.dir_option(args.dir)}"
+        )
+    for path, lines in described:
         print(path)
         for line in lines:
             print(f"  {line}" if line else "")

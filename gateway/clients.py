@@ -26,6 +26,8 @@ from gateway import probe
 from gateway.probe import Report
 
 CLIENT_NAMES = ("docker", "containerd", "podman")
+# What docker 20.10 and skopeo 1.9 print for `[::1]:5000/app` in an image reference.
+IPV6_REFERENCE_ERROR = "invalid reference format"
 
 
 @dataclass
@@ -126,7 +128,7 @@ def _ipv6_reference(report: Report, client: str) -> Prediction:
         "this client cannot parse an IPv6 literal in an image reference; "
         "use a name that resolves to the address"
     )
-    message = "invalid reference format"
+    message = IPV6_REFERENCE_ERROR
     if client == "podman":
         source = f"docker://{report.target.reference}/{report.repository}:{report.tag}"
         core = f'Error parsing image name "{source}": {message}'

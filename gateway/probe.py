@@ -297,4 +297,5 @@ def run(target: Target, options: Options) -> Report:
 
         probe_push.run(report, options)
     clients.predict(report, options)
+    report.fixes += verdicts.client_fixes(report, options)
     return report

@@ -1,7 +1,8 @@
 """`registry-gateway probe`: the subcommand, its options and its text and JSON output.
 
 Exit status: 0 when every selected client would succeed, 1 when one would fail
-(or for a user error), 2 for a usage error (argparse).
+(or for a user error), 2 for a usage error (argparse), an invalid HOST[:PORT]
+included.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from gateway import probe
+from gateway.errors import GatewayError
 
 DOCKER_CERTS_DIR = Path("/etc/docker/certs.d")
 CLIENT_CHOICES = ("docker", "containerd", "podman", "all")
@@ -29,6 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Connect to HOST[:PORT] the way docker, containerd and podman do, classify "
             "what answers, and print each client's exact error and the fix."
+        ),
+        epilog=(
+            "Exit status: 0 when every selected client (--client) would succeed; 1 when "
+            "any selected client would fail, a finding is an Error, the --explain text "
+            "is not recognised or names an unreachable host, a --local audit finds an "
+            "error, or a file given cannot be used; 2 for a usage error, such as an "
+            "invalid HOST[:PORT] or an empty --explain."
         ),
     )
     parser.add_argument(
@@ -149,6 +158,12 @@ def run(args: argparse.Namespace) -> int:
         from gateway import probe_explain
 
         text = sys.stdin.read() if args.explain == "-" else args.explain
+        if not text.strip():
+            where = "standard input is empty" if args.explain == "-" else "the text is empty"
+            args.parser.error(
+                f"--explain needs a client's error message, but {where}: paste the "
+                "message, or give '-' and pipe it in"
+            )
         return probe_explain.run(text, args, options_from(args))
     if args.local is not None:
         return run_local(args)
@@ -156,15 +171,23 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error(
             "give HOST[:PORT] to probe, or --explain TEXT, or --local HOST[:PORT]"
         )
-    report = probe.run(probe.parse_target(args.target), options_from(args))
+    report = probe.run(parse_target_argument(args, args.target), options_from(args))
     emit(report, args.json)
     return 0 if report.ok else 1
+
+
+def parse_target_argument(args: argparse.Namespace, text: str) -> probe.Target:
+    """Parse a HOST[:PORT] argument, exiting with a usage error (status 2) when invalid."""
+    try:
+        return probe.parse_target(text)
+    except GatewayError as exc:
+        args.parser.error(str(exc))
 
 
 def run_local(args: argparse.Namespace) -> int:
     from gateway import probe_local
 
-    target = probe.parse_target(args.local)
+    target = parse_target_argument(args, args.local)
     paths = probe_local.AuditPaths(
         daemon_json=args.daemon_json,
         certs_dir=args.cert_dir,
@@ -192,8 +215,7 @@ def emit(report: probe.Report, as_json: bool, extra: dict | None = None) -> None
 
 def render(report: probe.Report) -> str:
     """Format the report for people: verdict, evidence by step, each client's line, fixes."""
-    title = probe.VERDICT_TITLES[report.verdict]
-    lines = [f"{report.target.authority}: {title}", f"  {report.summary}", "", "Steps:"]
+    lines = [f"{report.target.authority}: {headline(report)}", f"  {report.summary}", "", "Steps:"]
     for step in report.steps:
         lines.append(
             f"  {step.name:<10} {step.status:<7} {step.duration_ms:>7.1f} ms  {step.detail}"
@@ -235,6 +257,22 @@ def render(report: probe.Report) -> str:
             if fix.command:
                 lines.append(f"       {fix.command}")
     return "\n".join(lines)
+
+
+def headline(report: probe.Report) -> str:
+    """Return the verdict title, naming the clients that fail when the verdict is OK."""
+    title = probe.VERDICT_TITLES[report.verdict]
+    failing = [c for c in report.clients if not c.ok]
+    if report.verdict != probe.TLS_OK or not failing:
+        return title
+    passing = [CLIENT_LABELS[c.client] for c in report.clients if c.ok]
+    reasons = "; ".join(
+        f"{CLIENT_LABELS[c.client]} would fail, because {c.rule or c.message}"
+        for c in failing
+    )
+    if not passing:
+        return f"{title} on the wire, but {reasons}"
+    return f"{title} for {' and '.join(passing)}; {reasons}"
 
 
 def verdict_line(address: str, ca_files: list[Path] | None = None) -> str:

@@ -64,7 +64,7 @@ RULES = [
         r"legacy Common Name field",
         probe.CN_ONLY,
         "The certificate has a Common Name but no subjectAltName, which Go clients have rejected since Go 1.15; GODEBUG=x509ignoreCN=0 stopped working in Go 1.17.",
-        "Reissue the certificate with a SAN for {host}; the gateway generates one: registry-gateway serve --upstream http://HOST:PORT --name {host} --listen {listen}",
+        "Reissue the certificate with a SAN for {host} from the local CA, then set the registry's http.tls certificate and key to the new files: registry-gateway certs issue {host}",
         "registry",
     ),
     Rule(
@@ -78,7 +78,7 @@ RULES = [
         r"certificate is valid for .+, not |certificate is not valid for any names",
         probe.NAME_MISMATCH,
         "The certificate's SANs do not list the name the client used.",
-        "Reissue the certificate with the SAN DNS:{host}, or connect by a name it lists.",
+        "Reissue the certificate with the SAN {san}, or connect by a name it lists.",
         "registry",
     ),
     Rule(
@@ -258,7 +258,12 @@ def explain(text: str) -> Explanation:
             url,
             rule.verdict,
             rule.meaning,
-            rule.fix.format(authority=authority, host=host or "HOST", listen=gateway_listen(host or "HOST")),
+            rule.fix.format(
+                authority=authority,
+                host=host or "HOST",
+                listen=gateway_listen(host or "HOST"),
+                san=f"{'IP' if probe.is_ip(host) else 'DNS'}:{host or 'HOST'}",
+            ),
             rule.side,
             match.group(0),
         )

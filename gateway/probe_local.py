@@ -53,6 +53,9 @@ class LocalAudit:
     hosts_addresses: list[str] = field(default_factory=list)
     ca_files: list[str] = field(default_factory=list)
     daemon_json_valid: bool = True
+    # Why dockerd does not start with daemon.json, such as "not valid JSON:
+    # Expecting value at line 1, column 35"; empty when the file is usable.
+    daemon_json_error: str = ""
     effective_insecure: bool | None = None
     findings: list[probe.Finding] = field(default_factory=list)
 
@@ -148,12 +151,18 @@ def read_daemon_json(result: LocalAudit, path: Path) -> list[str]:
         config = json.loads(text)
     except json.JSONDecodeError as exc:
         result.daemon_json_valid = False
+        result.daemon_json_error = (
+            f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        )
         result.add(
             "Error",
             f"{str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}; dockerd does not start with it. Fix the file, then check it with `dockerd --validate --config-file {path}`.",
         )
         return []
     if not isinstance(config, dict):
+        result.daemon_json_error = (
+            f"a JSON {type(config).__name__}, not the one JSON object dockerd expects"
+        )
         result.add(
             "Error",
             f"{str(path)!r} must contain one JSON object, not {type(config).__name__}; dockerd does not start with it.",
@@ -283,6 +292,8 @@ def match_insecure(
                 f"{', '.join(inside)} lies in {cidr}{implicit}",
             )
             return
+    if result.daemon_json_error:
+        return  # dockerd does not start with this daemon.json, so it treats nothing.
     result.add(
         "Note",
         f"This dockerd treats {reference} as secure: verified HTTPS only. To allow plain HTTP, run `registry-gateway snippet docker {reference} --insecure` and restart dockerd (or send it SIGHUP).",
@@ -447,8 +458,14 @@ def render(result: LocalAudit) -> str:
         False: "secure",
     }
     entries = result.entries or "[]"
+    headline = f"{result.target}: the docker configuration makes it {state}."
+    if result.daemon_json_error:
+        headline = (
+            f"{result.target}: dockerd will not start with {result.daemon_json!r}, "
+            f"because the file is {result.daemon_json_error}."
+        )
     lines = [
-        f"{result.target}: the docker configuration makes it {state}.",
+        headline,
         f"  running dockerd  {running[result.effective_insecure]}",
         f"  daemon.json      {result.daemon_json}; insecure-registries: {entries}",
         f"  certs.d          {result.certs_dir}; CA files: "

@@ -42,14 +42,19 @@ def _load_toml(result: LocalAudit, path: Path) -> dict | None:
 def check_containerd(
     result: LocalAudit, target: probe.Target, path: Path | None
 ) -> None:
-    """Flag CRI mirror keys without the port and a missing config_path."""
+    """Flag a missing config.toml, CRI mirror keys without the port and a missing config_path."""
     path = path or CONTAINERD_CONFIG
+    if not path.exists():
+        _note_missing_config(result, path)
+        _note_ctr(result)
+        return
+
     config = _load_toml(result, path)
     if config is None:
         return
     version = int(config.get("version", 1))
     plugin = CRI_PLUGINS.get(version, CRI_PLUGINS[2])
-    section = f'plugins."{plugin}".registry'
+    section = _registry_section(version)
     registry = config.get("plugins", {}).get(plugin, {}).get("registry", {})
     reference = target.reference
     for key in registry.get("mirrors", {}):
@@ -72,6 +77,25 @@ def check_containerd(
         hosts_toml = Path(config_path) / reference / "hosts.toml"
         state = "exists" if hosts_toml.is_file() else "does not exist"
         result.add("Note", f"containerd reads {str(hosts_toml)!r}, which {state}.")
+    _note_ctr(result)
+
+
+def _note_missing_config(result: LocalAudit, path: Path) -> None:
+    result.add(
+        "Note",
+        f"The containerd config {str(path)!r} does not exist, so containerd runs "
+        "with its built-in defaults, in which the CRI plugin of containerd 1.x "
+        "reads no hosts.toml. To make it read them, create the file with version = 2 "
+        f'and config_path = "/etc/containerd/certs.d" in [{_registry_section(2)}], '
+        "then restart containerd.",
+    )
+
+
+def _registry_section(version: int) -> str:
+    return f'plugins."{CRI_PLUGINS.get(version, CRI_PLUGINS[2])}".registry'
+
+
+def _note_ctr(result: LocalAudit) -> None:
     result.add(
         "Note",
         "docker's daemon.json does not affect kubelet or crictl pulls, and ctr reads "

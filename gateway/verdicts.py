@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from gateway import probe
+from gateway import clients, probe
 from gateway.probe import Finding, Fix, Report
 
 GATEWAY_PORT = 5443
@@ -143,11 +143,26 @@ CHECK_LISTENER = (
     "or plain HTTP behind the gateway.",
     "",
 )
+# The registry on the port already speaks TLS, so the fix is a new certificate for
+# it. A gateway in front would need a plain-HTTP upstream, which this port is not.
 REISSUE = (
     "registry",
-    "Reissue the registry's certificate with the SAN {san}; the gateway generates "
-    "such a certificate.",
-    "registry-gateway serve --upstream http://{authority} --name {host} --listen {listen}",
+    "Reissue the registry's certificate with the SAN {san}; this command issues one "
+    "from the local CA in certs/ (create that CA first with `registry-gateway certs "
+    "init`). Set the registry's http.tls certificate and key to certs/gateway.crt and "
+    "certs/gateway.key, then restart the registry.",
+    "registry-gateway certs issue {host}",
+)
+TRUST_LOCAL_CA = (
+    "client",
+    "After reissuing, if the clients do not trust the local CA yet, install "
+    "certs/ca.crt on each one as /etc/docker/certs.d/{reference}/ca.crt.",
+    "registry-gateway certs export --host {authority} --for docker",
+)
+CONNECT_BY_LISTED_NAME = (
+    "client",
+    "Or connect by a name the certificate lists: {listed_names}.",
+    "",
 )
 
 # Per verdict, the fixes best first as (side, text, command) templates.
@@ -189,10 +204,7 @@ FIXES = {
             "",
         )
     ],
-    probe.NAME_MISMATCH: [
-        REISSUE,
-        ("client", "Or connect by a name the certificate lists: {listed_names}.", ""),
-    ],
+    probe.NAME_MISMATCH: [REISSUE, CONNECT_BY_LISTED_NAME, TRUST_LOCAL_CA],
     probe.EXPIRED: [
         (
             "registry",
@@ -278,12 +290,57 @@ def fixes(report: Report) -> list[Fix]:
         "gateway_port": GATEWAY_PORT,
         "listen": gateway_listen(target.host),
         "san": f"{'IP' if target.is_ip else 'DNS'}:{target.host}",
-        "listed_names": ", ".join(_listed_names(report)) or "none",
+        "listed_names": ", ".join(_listed_names(report)),
     }
+    templates = FIXES.get(report.verdict, [])
+    if not _listed_names(report):
+        templates = [t for t in templates if t is not CONNECT_BY_LISTED_NAME]
     return [
         Fix(side, text.format(**values), command.format(**values))
-        for side, text, command in FIXES.get(report.verdict, [])
+        for side, text, command in templates
     ]
+
+
+def client_fixes(report: Report, options: probe.Options) -> list[Fix]:
+    """List the fixes for clients that fail for a reason of their own, not the verdict's.
+
+    Call it after `clients.predict`. The two cases are ctr's plain-HTTP default for
+    loopback hosts, which fails on a TLS port, and an IPv6 literal in an image
+    reference, which docker and skopeo cannot parse.
+    """
+    target = report.target
+    found, unparsed = [], []
+    for prediction in report.clients:
+        if prediction.ok:
+            continue
+        if (
+            prediction.client == "containerd"
+            and report.scheme == "https"
+            and clients.ctr_uses_plain_http(target)
+        ):
+            ca_file = options.ca_files[0] if options.ca_files else "certs/ca.crt"
+            found.append(
+                Fix(
+                    "client",
+                    f"Give ctr a hosts.toml for {target.authority} with server = "
+                    f'"https://{target.authority}" and ca set to the CA file, because '
+                    f"without one ctr speaks plain HTTP to {target.host}. This command "
+                    "prints the file and where it goes.",
+                    f"registry-gateway snippet containerd {target.authority} --ca {ca_file}",
+                )
+            )
+        elif prediction.core.endswith(clients.IPV6_REFERENCE_ERROR):
+            unparsed.append(prediction.client)
+    if unparsed:
+        found.append(
+            Fix(
+                "client",
+                f"{' and '.join(unparsed)} cannot parse the IPv6 literal {target.host} "
+                "in an image reference: add a name for it to the hosts file "
+                "(/etc/hosts) and use that name in the reference.",
+            )
+        )
+    return found
 
 
 def _add_findings(report: Report) -> None:

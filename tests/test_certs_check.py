@@ -13,6 +13,7 @@ import sys
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from gateway import certcheck, certs, lab
 from tests.certs_support import (
@@ -357,3 +358,114 @@ def test_serve_warns_cn_only(tmp_path, registry):
     assert "WARNING" in gateway.output
     assert certcheck.GO_CN_ONLY in gateway.output
     assert "registry-gateway certs issue registry.example" in gateway.output
+
+
+def openssl_self_signed(tmp_path, *san: str):
+    """A self-signed P-256 certificate made by `openssl req -x509`, which adds CA:TRUE."""
+    cert_path, key_path = tmp_path / "ss.crt", tmp_path / "ss.key"
+    command = [
+        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+        "-nodes", "-subj", "/CN=localhost", "-days", "90",
+        "-keyout", str(key_path), "-out", str(cert_path),
+    ]
+    if san:
+        command += ["-addext", "subjectAltName=" + ",".join(san)]
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def test_check_openssl_self_signed(tmp_path, capsys, layout):
+    """A self-signed server certificate is a warning, not a CA error, and skopeo accepts it."""
+    cert_path, key_path = openssl_self_signed(tmp_path, "DNS:localhost", "IP:127.0.0.1")
+    assert certs.is_ca(certs.load_certs(cert_path)[0])
+    with tls_registry(cert_path, key_path, tmp_path / "reg") as registry:
+        result = skopeo_push(layout, registry.address, trust_dir(tmp_path / "trust", cert_path), host="localhost")
+    status, out = check(
+        capsys, "--cert", str(cert_path), "--key", str(key_path), "--ca", str(cert_path),
+        "--name", "localhost", "--name", "127.0.0.1",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "is a CA certificate" not in out
+    assert "Error:" not in out
+    assert f"Warning: The certificate {str(cert_path)!r} is self-signed" in out
+    assert f"install {str(cert_path)!r} as the client's ca.crt" in out
+    assert "Every renewal makes a new certificate and breaks that trust" in out
+    assert "registry-gateway certs init" in out
+    assert "registry-gateway certs issue NAME ..." in out
+    assert f"Found 0 errors and 1 warning in {str(cert_path)!r}." in out
+    assert status == 1
+
+
+def test_check_self_signed_other_checks(tmp_path, capsys):
+    """The self-signed certificate still gets the name and key checks."""
+    cert_path, _ = openssl_self_signed(tmp_path, "DNS:localhost")
+    (tmp_path / "other").mkdir()
+    _, other_key = openssl_self_signed(tmp_path / "other")
+    status, out = check(
+        capsys, "--cert", str(cert_path), "--key", str(other_key), "--ca", str(cert_path),
+        "--name", "127.0.0.1",
+    )
+    assert status == 1
+    assert "is self-signed, so each client must trust" in out
+    assert "does not match the certificate" in out
+    assert "does not cover '127.0.0.1'" in out
+
+
+def test_check_self_signed_cn_only(tmp_path, capsys):
+    """An openssl certificate with only CN=localhost gets the CN error, not the CA error."""
+    cert_path, _ = openssl_self_signed(tmp_path)
+    status, out = check(capsys, "--cert", str(cert_path), "--ca", str(cert_path))
+    assert status == 1
+    assert "is a CA certificate" not in out
+    assert f'"{certcheck.GO_CN_ONLY}"' in out
+
+
+def test_check_after_init_force(tmp_path, capsys):
+    """A leaf of the replaced CA is blamed on the replacement, not on an intermediate."""
+    folder = tmp_path / "certs"
+    new_ca(folder)
+    run_cli(capsys, "certs", "issue", "--dir", str(folder), "localhost")
+    run_cli(capsys, "certs", "init", "--dir", str(folder), "--force")
+    status, out = check(capsys, "--dir", str(folder))
+    assert status == 1
+    assert "intermediate" not in out
+    assert "the CA was replaced (for example by `registry-gateway certs init --force`)" in out
+    assert f"Issue a new leaf from the current CA: registry-gateway certs issue --dir {folder} localhost --force" in out
+
+
+def test_check_same_name_other_ca(tmp_path, capsys, layout):
+    """A leaf whose issuer has the CA's name but another key: a different CA of that name."""
+    folder = tmp_path / "certs"
+    ca_cert, _ = new_ca(folder)
+    impostor_key = certs.generate_key()
+    common_name = ca_cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    impostor = certs.create_ca(impostor_key, common_name)
+    assert impostor.subject == ca_cert.subject
+    leaf, key = issue(impostor, impostor_key, ["localhost"])
+    cert_path, key_path = write_pair(tmp_path, "leaf", [leaf], key)
+    with tls_registry(cert_path, key_path, tmp_path / "reg") as registry:
+        result = skopeo_push(layout, registry.address, trust_dir(tmp_path / "trust", folder / "ca.crt"), host="localhost")
+    status, out = check(capsys, "--dir", str(folder), "--cert", str(cert_path), "--ca", str(folder / "ca.crt"))
+    assert status == 1
+    assert "intermediate" not in out
+    assert "A different CA with the same name did" in out
+    assert "registry-gateway certs init --force" in out
+    assert f"registry-gateway certs issue --dir {folder} localhost --force" in out
+    assert result.returncode == 1
+    go_message = lab.skopeo_error(result).rsplit("/v2/\": ", 1)[1]
+    assert go_message == certcheck.go_same_name_error(ca_cert)
+    assert f'"{go_message}"' in out
+
+
+def test_check_counts_errors_warnings(tmp_path, capsys):
+    """The summary line counts errors and warnings apart."""
+    ca_cert, ca_key = new_ca(tmp_path / "certs")
+    leaf, key = issue(ca_cert, ca_key, ["localhost"], days=10)
+    cert_path, _ = write_pair(tmp_path, "leaf", [leaf], key)
+    status, out = check(
+        capsys, "--cert", str(cert_path), "--ca", str(tmp_path / "certs" / "ca.crt"),
+        "--name", "127.0.0.1",
+    )
+    assert status == 1
+    assert f"Found 1 error and 1 warning in {str(cert_path)!r}." in out

@@ -82,6 +82,26 @@ def test_init_no_overwrite(tmp_path, capsys):
     assert list(tmp_path.glob("*.bak-*")) == []
 
 
+def test_init_force_warns_stale(tmp_path, capsys):
+    """--force over a CA warns that old leaves and client trust are stale, with both commands."""
+    run_cli(capsys, "certs", "init", "--dir", str(tmp_path))
+    run_cli(capsys, "certs", "issue", "--dir", str(tmp_path), "registry.lan", "10.0.0.5")
+    status, out, _ = run_cli(capsys, "certs", "init", "--dir", str(tmp_path), "--force")
+    assert status == 0
+    assert "Warning: The old CA was replaced, so every leaf it issued" in out
+    assert f"every leaf it issued (such as {str(tmp_path / 'gateway.crt')!r})" in out
+    assert "the trust each client installed for it are now stale" in out
+    assert f"registry-gateway certs issue --dir {tmp_path} registry.lan 10.0.0.5 --force" in out
+    assert f"registry-gateway certs export --dir {tmp_path} --host HOST:PORT --for CLIENT --install" in out
+
+
+def test_init_fresh_no_warning(tmp_path, capsys):
+    """A first init has nothing to make stale, so it prints no warning."""
+    status, out, _ = run_cli(capsys, "certs", "init", "--dir", str(tmp_path))
+    assert status == 0
+    assert "Warning:" not in out
+
+
 def test_init_force_backup(tmp_path, capsys):
     """--force moves the old CA files to backups holding the old bytes, then writes new ones."""
     run_cli(capsys, "certs", "init", "--dir", str(tmp_path))

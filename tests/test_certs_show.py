@@ -64,3 +64,16 @@ def test_show_missing_folder(tmp_path, capsys):
     status, _, err = run_cli(capsys, "certs", "show", "--dir", str(tmp_path / "none"))
     assert status == 1
     assert f"registry-gateway certs init --dir {tmp_path / 'none'}" in err
+
+
+def test_show_empty_folder(tmp_path, capsys):
+    """An empty folder gets one line saying so, with the init command, and exit 0."""
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    status, out, err = run_cli(capsys, "certs", "show", "--dir", str(folder))
+    assert status == 0
+    assert err == ""
+    assert out == (
+        f"The folder {str(folder)!r} contains no certificates or keys. Create a local CA "
+        f"in it with: registry-gateway certs init --dir {folder}\n"
+    )

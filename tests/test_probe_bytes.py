@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -201,3 +203,57 @@ def test_fix_commands_parse(verdict):
         assert argv[0] == "registry-gateway"
         parsed = parser.parse_args(argv[1:])
         assert parsed.func is not None
+
+
+CERTIFICATE_VERDICTS = (
+    probe.UNKNOWN_AUTHORITY,
+    probe.SELF_SIGNED,
+    probe.CHAIN_INCOMPLETE,
+    probe.NAME_MISMATCH,
+    probe.IP_SAN_MISSING,
+    probe.CN_ONLY,
+    probe.EXPIRED,
+    probe.NOT_YET_VALID,
+)
+
+
+@pytest.mark.parametrize("verdict", CERTIFICATE_VERDICTS)
+def test_certificate_fixes_no_upstream(verdict):
+    """A certificate verdict means the port speaks TLS, so no fix points a plain-HTTP upstream at it."""
+    report = probe.Report(
+        target=probe.parse_target("registry.example:5000"), verdict=verdict
+    )
+    for fix in verdicts.fixes(report):
+        assert "--upstream" not in fix.command
+        assert "http://registry.example:5000" not in fix.text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["127.0.0.1:99999"], "Invalid port '99999' in '127.0.0.1:99999'"),
+        (["--local", "registry.local:0"], "Invalid port '0' in 'registry.local:0'"),
+        (["--explain", ""], "--explain needs a client's error message, but the text is empty"),
+        (["--explain", "   "], "--explain needs a client's error message, but the text is empty"),
+    ],
+)
+def test_probe_usage_errors(argv, message):
+    """An invalid target or an empty --explain is a usage error: exit 2 with the usage line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "probe", *argv],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: registry-gateway probe")
+    assert f"registry-gateway probe: error: {message}" in result.stderr
+    assert result.stdout == ""
+
+
+def test_probe_explain_empty_stdin():
+    """`--explain -` with nothing on standard input is a usage error too."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "probe", "--explain", "-"],
+        capture_output=True, text=True, timeout=60, input="",
+    )
+    assert result.returncode == 2
+    assert "but standard input is empty" in result.stderr

@@ -129,3 +129,30 @@ def test_explain_unreachable_host_skips_probe():
     status, output, _ = support.cli("--explain", SKOPEO_NO_HOST)
     assert status == 1
     assert "is not reachable from here, so no probe ran" in output
+
+
+PODMAN_IP_MISMATCH = (
+    "Error: initializing source docker://127.0.0.1:5223/rig/test:v1: pinging container registry 127.0.0.1:5223: "
+    'Get "https://127.0.0.1:5223/v2/": x509: certificate is valid for localhost, not 127.0.0.1'
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "san"),
+    [
+        (PODMAN_IP_MISMATCH, "IP:127.0.0.1"),
+        (PODMAN_IP_MISMATCH.replace("127.0.0.1", "registry.test"), "DNS:registry.test"),
+    ],
+)
+def test_explain_name_mismatch_san_kind(text, san):
+    """The SAN to add is IP: for an address and DNS: for a name."""
+    explanation = probe_explain.explain(text)
+    assert explanation.verdict == probe.NAME_MISMATCH
+    assert explanation.fix.startswith(f"Reissue the certificate with the SAN {san},")
+
+
+def test_explain_cn_only_issues_certificate():
+    """The legacy Common Name fix issues a certificate, never a gateway to the TLS port."""
+    explanation = probe_explain.explain(K3S_CN_ONLY)
+    assert explanation.fix.endswith("registry-gateway certs issue registry.example")
+    assert "--upstream" not in explanation.fix

@@ -259,3 +259,37 @@ def test_local_broken_json_and_no_daemon(tmp_path):
     """When daemon.json does not parse and no dockerd answers, the audit says why."""
     result = audit(tmp_path, '{"insecure-registries": ["registry.invalid:5000",]}')
     assert any("that is why dockerd is not running" in t for t in texts(result, "Note"))
+
+
+def test_local_broken_json_headline(tmp_path):
+    """A daemon.json that does not parse: the headline states dockerd will not start, with line and column."""
+    result = audit(tmp_path, '{"insecure-registries": ["192.0.2.10:5000"],}')
+    text = probe_local.render(result)
+    headline = text.splitlines()[0]
+    assert headline == (
+        f"{TARGET}: dockerd will not start with {str(tmp_path / 'daemon.json')!r}, because "
+        "the file is not valid JSON: Expecting property name enclosed in double quotes "
+        "at line 1, column 45."
+    )
+    assert "makes it secure" not in text
+    assert "treats registry.invalid:5000 as secure" not in text
+    assert result.daemon_json_error.endswith("at line 1, column 45")
+
+
+def test_local_daemon_json_not_object_headline(tmp_path):
+    """A daemon.json holding a JSON list: dockerd will not start with it either."""
+    result = audit(tmp_path, '["insecure-registries"]')
+    headline = probe_local.render(result).splitlines()[0]
+    assert headline.endswith("because the file is a JSON list, not the one JSON object dockerd expects.")
+
+
+def test_local_containerd_config_missing(tmp_path):
+    """No containerd config.toml: the note states the file does not exist, not a missing config_path."""
+    result = audit(tmp_path, "{}")
+    notes = texts(result, "Note")
+    assert any(
+        f"The containerd config {str(tmp_path / 'containerd.toml')!r} does not exist" in t
+        for t in notes
+    )
+    assert not any("sets no config_path" in t for t in notes)
+    assert any("does not affect kubelet" in t for t in notes)

@@ -247,6 +247,29 @@ def test_tls_cn_only(tmp_path, root_ca, host, go_error):
     assert "CN='127.0.0.1'" in report.summary
 
 
+def test_tls_cn_only_fixes(tmp_path, root_ca):
+    """A CN-only certificate on a TLS registry: reissue it, never a gateway to a TLS port."""
+    from gateway import probe_cli
+
+    leaf = make_leaf(root_ca, [], common_name="127.0.0.1")
+    registry = tls_registry(tmp_path, [leaf.cert], leaf.key)
+    trust = support.write_trust(tmp_path / "trust", root_ca.cert)
+    try:
+        report = run_probe(registry.address, ca=[trust / "ca.crt"])
+    finally:
+        registry.stop()
+    text = probe_cli.render(report)
+    assert report.verdict == probe.CN_ONLY
+    assert report.fixes[0].side == "registry"
+    assert report.fixes[0].command == "registry-gateway certs issue 127.0.0.1"
+    assert "http.tls certificate and key" in report.fixes[0].text
+    assert report.fixes[1].command == f"registry-gateway certs export --host {registry.address} --for docker"
+    assert report.fixes[2].command.startswith("registry-gateway snippet containerd")
+    assert len(report.fixes) == 3
+    assert "--upstream" not in text
+    assert "Or connect by a name the certificate lists" not in text
+
+
 def test_tls_expired(tmp_path, root_ca):
     """An expired leaf: Go's text carries both times; the report shows both clocks."""
     not_after = (certs.now() - DAY).replace(microsecond=0)
@@ -515,8 +538,8 @@ def test_cli_exit_codes(registry):
     status, _, _ = support.cli(registry.address, "--client", "nerdctl")
     assert status == 2
     status, _, errors = support.cli("registry.local:http")
-    assert status == 1
-    assert errors.startswith("Error: Invalid port 'http'")
+    assert status == 2
+    assert "registry-gateway probe: error: Invalid port 'http'" in errors
     status, _, errors = support.cli(registry.address, "--ca", "/nonexistent/ca.crt")
     assert status == 1
     assert (
@@ -593,3 +616,48 @@ def test_ipv6_literal_reference(tmp_path):
     assert report.target.authority == f"[::1]:{registry.port}"
     assert prediction(report, "podman").core == real == "invalid reference format"
     assert prediction(report, "containerd").ok
+
+
+def test_gateway_loopback_ctr_fails(gateway_process, local_ca, capsys):
+    """The gateway on 127.0.0.1: docker and podman pass, ctr fails, and its fix is shown."""
+    from gateway.cli import main
+
+    address = f"127.0.0.1:{gateway_process.port}"
+    ca_file = local_ca / certs.CA_CERT
+    status = main(["probe", address, "--ca", str(ca_file), "--no-system-trust"])
+    out = capsys.readouterr().out
+    headline = out.splitlines()[0]
+    assert status == 1
+    assert headline.startswith(
+        f"{address}: TLS registry OK for docker and podman/skopeo; containerd/ctr would fail, because"
+    )
+    assert "\nFix, best first:\n" in out
+    assert f'server = "https://{address}"' in out
+    assert f"registry-gateway snippet containerd {address} --ca {ca_file}" in out
+
+
+def test_gateway_loopback_podman_ok(gateway_process, local_ca, capsys):
+    """With only podman selected nothing fails: exit 0, the plain title and no fixes."""
+    from gateway.cli import main
+
+    address = f"127.0.0.1:{gateway_process.port}"
+    status = main(
+        ["probe", address, "--ca", str(local_ca / certs.CA_CERT), "--client", "podman"]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    assert out.splitlines()[0] == f"{address}: TLS registry OK"
+    assert "Fix, best first:" not in out
+
+
+def test_probe_help_exit_status(capsys):
+    """`probe --help` states the exit status for success, failure and usage errors."""
+    from gateway.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["probe", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert exited.value.code == 0
+    assert "Exit status: 0 when every selected client (--client) would succeed" in out
+    assert "1 when any selected client would fail" in out
+    assert "2 for a usage error" in out
