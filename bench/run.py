@@ -178,13 +178,21 @@ class Bench:
         lab.build_oci_layout(
             self.layout, "v1", tuple(m * workloads.MIB for m in self.sizes.layer_mib), seed=7
         )
+        self.layout_digests = [
+            "sha256:" + path.name for path in (self.layout / "blobs" / "sha256").iterdir()
+        ]
+        self.copies = 0
         self.layout_bytes = sum(
             p.stat().st_size for p in (self.layout / "blobs" / "sha256").iterdir()
         )
+        # The manifest for the small-request workloads belongs to another image, so
+        # that no repository of the copied image's blobs exists before a copy.
+        seed_layout = self.work / "seed-image"
+        lab.build_oci_layout(seed_layout, "v1", (1024, 4096), seed=8)
         seeded = lab.skopeo(
             "copy",
             "--dest-tls-verify=false",
-            f"oci:{self.layout}:v1",
+            f"oci:{seed_layout}:v1",
             f"docker://{self.registry.address}/bench/img:v1",
         )
         if seeded.returncode != 0:
@@ -247,13 +255,7 @@ class Bench:
         self.interleave("pull", lambda c: workloads.pull(c, blob, BLOB_REPO))
         if self.selected("pull"):
             self.verify_pulls()
-        counter = iter(range(1_000_000))
-        self.interleave(
-            "skopeo-copy",
-            lambda c: workloads.skopeo_copy(
-                c, self.layout, self.cert_dir, f"bench/copy{next(counter)}", self.layout_bytes
-            ),
-        )
+        self.interleave("skopeo-copy", self.copy_image)
         for name, method, path in SMALL_PATHS:
             for concurrency in CONCURRENCY:
                 self.interleave(
@@ -262,6 +264,17 @@ class Bench:
                         c, p, m, n, self.sizes.requests
                     ),
                 )
+
+    def copy_image(self, client: workloads.Client) -> workloads.Outcome:
+        self.copies += 1
+        repo = f"bench/copy{self.copies}"
+        try:
+            return workloads.skopeo_copy(
+                client, self.layout, self.cert_dir, repo, self.layout_bytes
+            )
+        finally:
+            upstream = workloads.Client(self.registry.url, self.ca_file)
+            workloads.forget_blobs(upstream, repo, self.layout_digests)
 
     def verify_pulls(self) -> None:
         for target, front in self.fronts.items():

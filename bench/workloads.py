@@ -285,6 +285,24 @@ def hey(client: Client, path: str, method: str, concurrency: int, requests: int)
     return Outcome(requests=requests, errors=errors, error=error, rps=float(match.group(1)))
 
 
+def forget_blobs(upstream: Client, repo: str, digests: list[str]) -> None:
+    """Delete `repo`'s links to `digests` in the registry (not timed).
+
+    skopeo remembers where it pushed each blob (its blob info cache) and on the
+    next push to the same registry asks for a cross-repository mount instead of
+    uploading. Once the source repository no longer links the blob, the registry
+    rejects the mount and skopeo uploads the blob again.
+    """
+    for digest in digests:
+        status, _headers, body = upstream._request(
+            "DELETE", f"{upstream.base_url}/v2/{repo}/blobs/{digest}"
+        )
+        if status not in (202, 404):
+            raise OperationFailed(
+                f"DELETE blob {digest} in {repo} returned {status}: {body[:200]!r}"
+            )
+
+
 def skopeo_copy(client: Client, layout: Path, cert_dir: Path, repo: str, size: int) -> Outcome:
     """Push a multi-layer OCI image with `skopeo copy`, as a CI job would."""
     authority = client.base_url.removeprefix("https://")
