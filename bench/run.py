@@ -9,6 +9,7 @@ Markdown; a full run also replaces the generated part of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -61,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="64 MiB blob, 200 requests, 1 repetition"
     )
     parser.add_argument("--repetitions", type=int, help="repetitions of each workload (full: 3)")
+    parser.add_argument("--blob-mib", type=int, help="blob size in MiB (full: 1024)")
+    parser.add_argument("--requests", type=int, help="requests per small-request cell (full: 2000)")
     parser.add_argument(
         "--targets",
         default="gateway,nginx,haproxy",
@@ -380,9 +383,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    sizes = QUICK if args.quick else FULL
+    sizes = dataclasses.replace(QUICK if args.quick else FULL)
     if args.repetitions:
         sizes.repetitions = args.repetitions
+    if args.blob_mib:
+        sizes.blob_mib = args.blob_mib
+        sizes.chunk_mib = min(sizes.chunk_mib, args.blob_mib)
+    if args.requests:
+        sizes.requests = args.requests
     requested = [t.strip() for t in args.targets.split(",") if t.strip()]
     targets = []
     for name in requested:
