@@ -29,6 +29,7 @@ DEFAULT_DRAIN_TIMEOUT = 30.0
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Config:
     pool_size: int = DEFAULT_POOL_SIZE
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     log_level: str = "info"
+    event_loop: str = "auto"
 
     @property
     def primary_name(self) -> str:
@@ -251,6 +253,7 @@ def _apply_top_level(config: Config, data: dict[str, Any], path: Path, base: Pat
         "trusted_proxies",
         "drain_timeout",
         "log_level",
+        "event_loop",
         "upstream",
         "tls",
         "route",
@@ -275,6 +278,8 @@ def _apply_top_level(config: Config, data: dict[str, Any], path: Path, base: Pat
         )
     if "log_level" in data:
         config.log_level = parse_log_level(_expect(data, "log_level", str, ""))
+    if "event_loop" in data:
+        config.event_loop = parse_event_loop(_expect(data, "event_loop", str, ""))
 
     upstream = data.get("upstream")
     if isinstance(upstream, str):
@@ -360,6 +365,15 @@ def parse_log_level(value: str) -> str:
             f"Invalid log_level {value!r}: use one of {', '.join(LOG_LEVELS)}."
         )
     return level
+
+
+def parse_event_loop(value: str) -> str:
+    choice = value.strip().lower()
+    if choice not in EVENT_LOOPS:
+        raise ConfigError(
+            f"Invalid event_loop {value!r}: use one of {', '.join(EVENT_LOOPS)}."
+        )
+    return choice
 
 
 def validate(config: Config) -> None:

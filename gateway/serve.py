@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from gateway import certs
+from gateway import certs, eventloop
 from gateway.cli import setup_logging
 from gateway.config import (
     Config,
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     context = make_ssl_context(cert, key, config.client_ca)
     if sys.platform == "win32":  # pragma: no cover - the peek on accept needs a selector loop.
         asyncio.set_event_loop_policy(asyncio.WindowsSelectorEventLoopPolicy())
-    return asyncio.run(serve_forever(config, context, ca_path))
+    return eventloop.run(serve_forever(config, context, ca_path), config.event_loop)
 
 
 async def serve_forever(config: Config, context, ca_path: Path | None) -> int:
