@@ -7,6 +7,7 @@ it would fail on later. Each error names the key, the value and the fix.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Config:
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     log_level: str = "info"
     event_loop: str = "auto"
+    workers: int = 1
 
     @property
     def primary_name(self) -> str:
@@ -254,6 +257,7 @@ def _apply_top_level(config: Config, data: dict[str, Any], path: Path, base: Pat
         "drain_timeout",
         "log_level",
         "event_loop",
+        "workers",
         "upstream",
         "tls",
         "route",
@@ -280,6 +284,8 @@ def _apply_top_level(config: Config, data: dict[str, Any], path: Path, base: Pat
         config.log_level = parse_log_level(_expect(data, "log_level", str, ""))
     if "event_loop" in data:
         config.event_loop = parse_event_loop(_expect(data, "event_loop", str, ""))
+    if "workers" in data:
+        config.workers = parse_workers(_expect(data, "workers", (int, str), ""))
 
     upstream = data.get("upstream")
     if isinstance(upstream, str):
@@ -374,6 +380,18 @@ def parse_event_loop(value: str) -> str:
             f"Invalid event_loop {value!r}: use one of {', '.join(EVENT_LOOPS)}."
         )
     return choice
+
+
+def parse_workers(value: int | str) -> int:
+    """Parse `workers`: a count from 1 to MAX_WORKERS, or "auto" for one per CPU."""
+    if value == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    if isinstance(value, int) and 1 <= value <= MAX_WORKERS:
+        return value
+    raise ConfigError(
+        f"Invalid value for workers: {value!r}; give a number of processes from 1 to "
+        f"{MAX_WORKERS}, or \"auto\" for one per CPU."
+    )
 
 
 def validate(config: Config) -> None:
