@@ -93,8 +93,12 @@ def make_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> ss
     return context
 
 
-def bind_listener(listener: Listener) -> socket.socket:
-    """Open a listening socket, turning the usual failures into one-line errors."""
+def bind_listener(listener: Listener, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """Open a listening socket, turning the usual failures into one-line errors.
+
+    `reuse_port` sets SO_REUSEPORT, so that several worker processes can bind the
+    same address; `listen=False` only binds, to reserve a port for them.
+    """
     try:
         infos = socket.getaddrinfo(
             listener.host or None, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -108,10 +112,13 @@ def bind_listener(listener: Listener) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6 and listener.host in ("::", ""):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(address)
-        sock.listen(BACKLOG)
+        if listen:
+            sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
@@ -167,7 +174,7 @@ class Gateway:
 
     async def start(self) -> None:
         for listener in self.config.listen:
-            sock = bind_listener(listener)
+            sock = bind_listener(listener, reuse_port=self.config.workers > 1)
             self.bound.append(_BoundListener(listener, sock))
         await self.proxy.start()
         self._server = web.Server(
