@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from gateway import certs, eventloop
+from gateway import certs, eventloop, workers
 from gateway.cli import setup_logging
 from gateway.config import (
     Config,
@@ -148,6 +148,17 @@ def run(args: argparse.Namespace) -> int:
     context = make_ssl_context(cert, key, config.client_ca)
     if sys.platform == "win32":  # pragma: no cover - the peek on accept needs a selector loop.
         asyncio.set_event_loop_policy(asyncio.WindowsSelectorEventLoopPolicy())
+    if config.workers > 1:
+
+        def announce(addresses: list[str]) -> None:
+            print_trust_hint(config, ca_path, addresses)
+            for address in addresses:
+                print(f"Listening on https://{address} -> {config.upstream}", flush=True)
+
+        def make_context():
+            return make_ssl_context(cert, key, config.client_ca)
+
+        return workers.run(config, make_context, announce)
     return eventloop.run(serve_forever(config, context, ca_path), config.event_loop)
 
 
