@@ -14,12 +14,16 @@ Every front-end serves the same leaf certificate, so one CA file serves every cl
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway import lab
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NGINX_TUNING = """
             proxy_request_buffering off;
@@ -140,18 +144,44 @@ def available(name: str) -> bool:
 
 
 def start(
-    name: str, work: Path, upstream: str, cert: Path, key: Path, gateway_config: Path | None = None
+    name: str,
+    work: Path,
+    upstream: str,
+    cert: Path,
+    key: Path,
+    gateway_config: Path | None = None,
+    gateway_revision: str | None = None,
 ) -> Frontend:
     """Start the front-end `name` on a free loopback port in front of `upstream`."""
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     if name.startswith("gateway"):
+        if gateway_revision is not None:
+            _export_gateway(gateway_revision, folder)
         return _start_gateway(name, folder, upstream, cert, key, gateway_config)
     if name in ("nginx", "nginx-recipe"):
         return _start_nginx(name, folder, upstream, cert, key, tuned=name == "nginx")
     if name == "haproxy":
         return _start_haproxy(folder, upstream, cert, key)
     raise ValueError(f"unknown front-end {name!r}")
+
+
+def _export_gateway(revision: str, folder: Path) -> None:
+    """Write the `gateway` package as of git `revision` into `folder`.
+
+    The gateway runs as `python -m gateway` with `folder` as its working folder,
+    and Python puts that folder first on sys.path, so the exported package is the
+    one that runs. This lets one run compare the gateway before and after a change.
+    """
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", revision, "gateway"],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise RuntimeError(f"git archive {revision} failed: {archive.stderr.decode().strip()}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(folder, filter="data")
 
 
 def _start_gateway(name, folder, upstream, cert, key, config_path) -> Frontend:

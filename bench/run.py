@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="add the target gateway-NAME: the gateway with the TOML file CONFIG; repeat for more",
     )
     parser.add_argument(
+        "--gateway-at",
+        action="append",
+        default=[],
+        metavar="NAME=REVISION",
+        help="add the target gateway-NAME: the gateway package as of git REVISION; repeat for more",
+    )
+    parser.add_argument(
         "--only",
         metavar="WORKLOADS",
         help="comma-separated workload prefixes to run, e.g. push,pull or head-manifest",
@@ -128,8 +135,14 @@ class Bench:
     """One benchmark run: the processes it started and the records it collected."""
 
     def __init__(
-        self, args: argparse.Namespace, sizes: Sizes, targets: list[str], variants: dict[str, Path]
+        self,
+        args: argparse.Namespace,
+        sizes: Sizes,
+        targets: list[str],
+        variants: dict[str, Path],
+        revisions: dict[str, str],
     ):
+        self.revisions = revisions
         self.args = args
         self.sizes = sizes
         self.targets = targets
@@ -163,6 +176,7 @@ class Bench:
                 trust.cert_path,
                 trust.key_path,
                 self.variants.get(name),
+                self.revisions.get(name),
             )
             print(
                 f"Started {name} on {self.fronts[name].base_url} (pid {self.fronts[name].pid})",
@@ -409,6 +423,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         variants[f"gateway-{name}"] = Path(path).resolve()
         targets.append(f"gateway-{name}")
+    revisions: dict[str, str] = {}
+    for item in args.gateway_at:
+        name, sep, revision = item.partition("=")
+        if not sep or not revision:
+            print(f"Error: --gateway-at takes NAME=REVISION, not {item!r}.", file=sys.stderr)
+            return 2
+        revisions[f"gateway-{name}"] = revision
+        targets.append(f"gateway-{name}")
     if "nginx" not in targets:
         print("Error: nginx is the baseline of every ratio: keep it in --targets.", file=sys.stderr)
         return 2
@@ -416,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     info["busy_before"] = procstat.system_busy_fraction()
     info["loadavg_start"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    bench = Bench(args, sizes, targets, variants)
+    bench = Bench(args, sizes, targets, variants, revisions)
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     started = time.monotonic()
     try:
