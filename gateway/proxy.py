@@ -59,6 +59,10 @@ SKIP_AUTO_HEADERS = frozenset(
 SECRET_PARAMS = frozenset(("access_token", "token", "password", "secret", "refresh_token"))
 
 COPY_CHUNK = 256 * 1024
+# Bodies up to this size (manifests, error documents, the empty bodies of upload
+# responses) are read whole and sent with the headers in one write, which saves a
+# TLS record and a send() per response. Larger bodies stream.
+SMALL_BODY = 64 * 1024
 
 
 def registry_error(status: int, code: str, message: str, detail: object = None) -> web.Response:
@@ -303,6 +307,15 @@ class Proxy:
                 {"upstream": url, "error": str(exc)},
             )
 
+        length = upstream.content_length
+        if (
+            length is not None
+            and length <= SMALL_BODY
+            and request.method != hdrs.METH_HEAD
+            and upstream.status not in (204, 304)
+        ):
+            return await self._relay_small(upstream, headers, url, request_id, counters)
+
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         await response.prepare(request)
         if request.method == hdrs.METH_HEAD or upstream.status in (204, 304):
@@ -328,6 +341,15 @@ class Proxy:
             return response
         await response.write_eof()
         return response
+
+    async def _relay_small(self, upstream, headers, url, request_id, counters) -> web.Response:
+        try:
+            body = await upstream.read()
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, TimeoutError, aiohttp.ClientOSError) as exc:
+            # Nothing has gone to the client yet, so it can still get a clean 502.
+            return self._upstream_failure(502, "broke off the response", url, request_id, exc)
+        counters["out"] += len(body)
+        return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
 
     def _upstream_failure(self, status, what, url, request_id, exc) -> web.Response:
         reason = str(exc) or type(exc).__name__
