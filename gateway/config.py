@@ -75,6 +75,7 @@ class Config:
     log_level: str = "info"
     event_loop: str = "auto"
     workers: int = 1
+    metrics_listen: Listener | None = None
 
     @property
     def primary_name(self) -> str:
@@ -258,6 +259,7 @@ def _apply_top_level(config: Config, data: dict[str, Any], path: Path, base: Pat
         "log_level",
         "event_loop",
         "workers",
+        "metrics_listen",
         "upstream",
         "tls",
         "route",
@@ -286,6 +288,8 @@ def _apply_top_level(config: Config, data: dict[str, Any], path: Path, base: Pat
         config.event_loop = parse_event_loop(_expect(data, "event_loop", str, ""))
     if "workers" in data:
         config.workers = parse_workers(_expect(data, "workers", (int, str), ""))
+    if data.get("metrics_listen"):
+        config.metrics_listen = parse_listen(_expect(data, "metrics_listen", str, ""))
 
     upstream = data.get("upstream")
     if isinstance(upstream, str):
@@ -401,6 +405,8 @@ def validate(config: Config) -> None:
             "A certificate needs its key: give both --cert FILE and --key FILE "
             "(tls.cert and tls.key), or neither to use a generated certificate."
         )
+    if config.metrics_listen is not None:
+        _validate_metrics_listen(config)
     upstream_origin = (config.upstream.host, config.upstream.port)
     for listener in config.listen:
         if (listener.host, listener.port) == upstream_origin:
@@ -408,4 +414,21 @@ def validate(config: Config) -> None:
                 f"The listen address {listener} is the upstream's own address: "
                 "the gateway would forward to itself. Give the registry's address "
                 "with --upstream."
+            )
+
+
+def _validate_metrics_listen(config: Config) -> None:
+    metrics = config.metrics_listen
+    assert metrics is not None
+    if config.workers > 1:
+        # NOTE: each worker has its own counters and nothing merges them yet.
+        raise ConfigError(
+            f"metrics_listen = \"{metrics}\" works only with workers = 1: each worker "
+            "process keeps its own counters. Set workers = 1, or leave metrics_listen out."
+        )
+    for listener in config.listen:
+        if metrics.port != 0 and (listener.host, listener.port) == (metrics.host, metrics.port):
+            raise ConfigError(
+                f"metrics_listen {metrics} is also a listen address: give the metrics "
+                "their own port, for example \"127.0.0.1:9464\"."
             )
