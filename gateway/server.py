@@ -172,6 +172,11 @@ class Gateway:
         """The `host:port` of each listener, with the port the OS chose for port 0."""
         return [format_host_port(b.listener.host, b.port) for b in self.bound]
 
+    @property
+    def open_connections(self) -> int:
+        """Client connections past the TLS handshake, idle keep-alive ones included."""
+        return len(self._server.connections) if self._server is not None else 0
+
     async def start(self) -> None:
         for listener in self.config.listen:
             sock = bind_listener(listener, reuse_port=self.config.workers > 1)
