@@ -115,6 +115,8 @@ class Proxy:
             [config.upstream, *(r.upstream for r in config.routes)], self._public_names
         )
         self.in_flight = 0
+        # A gateway.metrics.Metrics when metrics_listen is set; None costs nothing per request.
+        self.metrics = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -240,6 +242,9 @@ class Proxy:
             if self.in_flight == 0:
                 self._idle.set()
             self._log_access(request, response, request_id, counters, started)
+            if self.metrics is not None:
+                status = response.status if response is not None else 499
+                self.metrics.record(request.method, status, counters["in"], counters["out"])
 
     def _log_access(self, request, response, request_id, counters, started) -> None:
         if not access_log.isEnabledFor(logging.INFO):
@@ -274,6 +279,7 @@ class Proxy:
         headers = self._upstream_headers(request, authority, peer)
         body = _CountingBody(request.content, counters) if request.body_exists else None
 
+        sent = time.monotonic()
         try:
             upstream = await self._session.request(
                 request.method,
@@ -289,6 +295,8 @@ class Proxy:
             return self._upstream_failure(504, "timed out", url, request_id, exc)
         except (aiohttp.ClientError, OSError) as exc:
             return self._upstream_failure(502, "unreachable", url, request_id, exc)
+        if self.metrics is not None:
+            self.metrics.upstream_latency.observe(time.monotonic() - sent)
 
         try:
             return await self._relay(request, upstream, origin, url, request_id, counters)
@@ -333,6 +341,8 @@ class Proxy:
                 "Upstream %s broke off the response body after %d bytes (request id %s): %s",
                 url, counters["out"], request_id, exc or type(exc).__name__,
             )
+            if self.metrics is not None:
+                self.metrics.upstream_errors.labels("broke off the response").inc()
             _abort(request)
             return response
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
@@ -354,6 +364,8 @@ class Proxy:
     def _upstream_failure(self, status, what, url, request_id, exc) -> web.Response:
         reason = str(exc) or type(exc).__name__
         log.warning("Upstream %s %s (request id %s): %s", url, what, request_id, reason)
+        if self.metrics is not None:
+            self.metrics.upstream_errors.labels(what).inc()
         code = "UNAVAILABLE"
         message = (
             f"the gateway's upstream registry {what}" if status == 502 else "the upstream registry timed out"
