@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from gateway import certs, eventloop, workers
+from gateway import certs, eventloop, metrics, workers
 from gateway.cli import setup_logging
 from gateway.config import (
     Config,
@@ -159,12 +159,13 @@ def run(args: argparse.Namespace) -> int:
             return make_ssl_context(cert, key, config.client_ca)
 
         return workers.run(config, make_context, announce)
-    return eventloop.run(serve_forever(config, context, ca_path), config.event_loop)
+    return eventloop.run(serve_forever(config, context, ca_path, cert), config.event_loop)
 
 
-async def serve_forever(config: Config, context, ca_path: Path | None) -> int:
+async def serve_forever(config: Config, context, ca_path: Path | None, cert: Path | None = None) -> int:
     gateway = Gateway(config, context)
     await gateway.start()
+    metrics_listener = await metrics.start(gateway, cert) if cert is not None else None
     print_trust_hint(config, ca_path, gateway.addresses)
     for address in gateway.addresses:
         print(f"Listening on https://{address} -> {config.upstream}", flush=True)
@@ -180,5 +181,7 @@ async def serve_forever(config: Config, context, ca_path: Path | None) -> int:
         pass
     log.info("Stopping: no new connections; waiting up to %.0f s for transfers", config.drain_timeout)
     await gateway.stop()
+    if metrics_listener is not None:
+        await metrics_listener.close()
     log.info("Stopped")
     return 0
