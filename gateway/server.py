@@ -33,9 +33,6 @@ FIRST_BYTE_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
 PLAIN_HEAD_LIMIT = 16 * 1024
 BACKLOG = 1024
-# aiohttp pauses reading a request body once this many bytes wait unread (times
-# two), so a larger buffer means fewer pause and resume cycles per GiB pushed.
-READ_BUFSIZE = 1024 * 1024
 
 # Mozilla's "intermediate" TLS 1.2 cipher list (server-side TLS guidelines, v5.7);
 # TLS 1.3 suites are fixed by OpenSSL and all acceptable.
@@ -193,7 +190,6 @@ class Gateway:
             keepalive_timeout=75,
             max_line_size=8190,
             max_field_size=8190,
-            read_bufsize=READ_BUFSIZE,
         )
         loop = asyncio.get_running_loop()
         for bound in self.bound:
