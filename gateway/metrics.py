@@ -3,7 +3,7 @@
 The listener is off unless `metrics_listen` is set, and it serves plain HTTP on
 a loopback address by default, because the numbers describe traffic to the
 registry and are not for clients. The proxy records each request once, when it
-ends; gauges that a scrape can compute (open connections, requests in flight,
+ends. Gauges that a scrape can compute (open connections, requests in flight,
 seconds until the certificate expires) are computed at scrape time, so they
 cost nothing per request.
 """
