@@ -1,6 +1,8 @@
 """The front-ends under test, each a TLS listener on loopback in front of one registry.
 
 - `gateway`: `python -m gateway serve`, as a user runs it.
+- `gateway-metrics`: the same with `metrics_listen` on, to measure what the
+  metrics cost per request.
 - `nginx`: the distribution project's nginx recipe (docs/content/recipes/nginx.md)
   plus the tuning a careful operator adds: request bodies streamed
   (`proxy_request_buffering off`), responses buffered in memory only
@@ -155,6 +157,9 @@ def start(
     """Start the front-end `name` on a free loopback port in front of `upstream`."""
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
+    if name == "gateway-metrics" and gateway_config is None:
+        gateway_config = folder / "metrics.toml"
+        gateway_config.write_text('metrics_listen = "127.0.0.1:0"\n')
     if name.startswith("gateway"):
         if gateway_revision is not None:
             _export_gateway(gateway_revision, folder)

@@ -66,9 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--requests", type=int, help="requests per small-request cell (full: 2000)")
     parser.add_argument(
         "--targets",
-        default="gateway,nginx,haproxy",
-        help="comma-separated front-ends: gateway, nginx, nginx-recipe, haproxy "
-        "(default gateway,nginx,haproxy; missing programs are skipped)",
+        default="gateway,gateway-metrics,nginx,haproxy",
+        help="comma-separated front-ends: gateway, gateway-metrics, nginx, nginx-recipe, "
+        "haproxy (default gateway,gateway-metrics,nginx,haproxy; missing programs are skipped)",
     )
     parser.add_argument(
         "--gateway",
