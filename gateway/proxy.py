@@ -277,7 +277,8 @@ class Proxy:
         peer = request.remote
         url = self._upstream_url(raw_path)
         headers = self._upstream_headers(request, authority, peer)
-        body = _CountingBody(request.content, counters) if request.body_exists else None
+        chunked = "chunked" in request.headers.get(hdrs.TRANSFER_ENCODING, "").lower()
+        body = _CountingBody(request.content, counters, chunked) if request.body_exists else None
 
         sent = time.monotonic()
         try:
@@ -382,14 +383,25 @@ def _abort(request: web.BaseRequest) -> None:
 class _CountingBody:
     """An async iterable over the client's body that counts bytes on the way."""
 
-    def __init__(self, stream, counters: dict):
+    def __init__(self, stream, counters: dict, chunked: bool = False):
         self._stream = stream
         self._counters = counters
+        self._chunked = chunked
 
     def __aiter__(self):
         return self._iterate()
 
     async def _iterate(self):
-        async for chunk in self._stream.iter_any():
-            self._counters["in"] += len(chunk)
-            yield chunk
+        if not self._chunked:
+            # iter_any() returns everything buffered at once: few, large writes.
+            async for chunk in self._stream.iter_any():
+                self._counters["in"] += len(chunk)
+                yield chunk
+            return
+        # A chunked body (Docker's streamed PATCH) arrives as one buffer piece per
+        # HTTP chunk, which iter_any() would join into a new bytes object, a copy
+        # of every byte. iter_chunks() hands each piece over as it is.
+        async for chunk, _end_of_http_chunk in self._stream.iter_chunks():
+            if chunk:
+                self._counters["in"] += len(chunk)
+                yield chunk
