@@ -38,3 +38,17 @@ test-packages:
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# The gateway beside nginx on one registry, on
+# loopback; see BENCHMARKS.md. HAProxy joins when installed. BENCH_ARGS=--quick
+# gives a one-minute run.
+BENCH_ARGS ?=
+BENCH_PACKAGES := nginx hey curl
+
+.PHONY: bench bench-quick
+bench: venv packages
+	@scripts/ensure-packages $(BENCH_PACKAGES)
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick:
+	$(MAKE) bench BENCH_ARGS=--quick

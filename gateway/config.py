@@ -7,6 +7,7 @@ it would fail on later. Each error names the key, the value and the fix.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ DEFAULT_MAX_HEADERS = 128
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,9 @@ class Config:
     max_header_size: int = DEFAULT_MAX_LINE
     max_headers: int = DEFAULT_MAX_HEADERS
     htpasswd: Path | None = None
+    event_loop: str = "auto"
+    workers: int = 1
+    metrics_listen: Listener | None = None
 
     @property
     def primary_name(self) -> str:
@@ -289,6 +295,9 @@ def _apply_top_level(config: Config, data: dict[str, Any], path: Path, base: Pat
         "trusted_proxies",
         "drain_timeout",
         "log_level",
+        "event_loop",
+        "workers",
+        "metrics_listen",
         "upstream",
         "tls",
         "route",
@@ -315,6 +324,12 @@ def _apply_top_level(config: Config, data: dict[str, Any], path: Path, base: Pat
         )
     if "log_level" in data:
         config.log_level = parse_log_level(_expect(data, "log_level", str, ""))
+    if "event_loop" in data:
+        config.event_loop = parse_event_loop(_expect(data, "event_loop", str, ""))
+    if "workers" in data:
+        config.workers = parse_workers(_expect(data, "workers", (int, str), ""))
+    if data.get("metrics_listen"):
+        config.metrics_listen = parse_listen(_expect(data, "metrics_listen", str, ""))
 
     upstream = data.get("upstream")
     if isinstance(upstream, str):
@@ -425,6 +440,27 @@ def parse_log_level(value: str) -> str:
     return level
 
 
+def parse_event_loop(value: str) -> str:
+    choice = value.strip().lower()
+    if choice not in EVENT_LOOPS:
+        raise ConfigError(
+            f"Invalid event_loop {value!r}: use one of {', '.join(EVENT_LOOPS)}."
+        )
+    return choice
+
+
+def parse_workers(value: int | str) -> int:
+    """Parse `workers`: a count from 1 to MAX_WORKERS, or "auto" for one per CPU."""
+    if value == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    if isinstance(value, int) and 1 <= value <= MAX_WORKERS:
+        return value
+    raise ConfigError(
+        f"Invalid value for workers: {value!r}; give a number of processes from 1 to "
+        f"{MAX_WORKERS}, or \"auto\" for one per CPU."
+    )
+
+
 def validate(config: Config) -> None:
     """Check the combination of values, after command-line overrides."""
     if (config.cert is None) != (config.key is None):
@@ -432,6 +468,8 @@ def validate(config: Config) -> None:
             "A certificate needs its key: give both --cert FILE and --key FILE "
             "(tls.cert and tls.key), or neither to use a generated certificate."
         )
+    if config.metrics_listen is not None:
+        _validate_metrics_listen(config)
     upstream_origin = (config.upstream.host, config.upstream.port)
     for listener in config.listen:
         if (listener.host, listener.port) == upstream_origin:
@@ -439,4 +477,21 @@ def validate(config: Config) -> None:
                 f"The listen address {listener} is the upstream's own address: "
                 "the gateway would forward to itself. Give the registry's address "
                 "with --upstream."
+            )
+
+
+def _validate_metrics_listen(config: Config) -> None:
+    metrics = config.metrics_listen
+    assert metrics is not None
+    if config.workers > 1:
+        # NOTE: each worker has its own counters and nothing merges them yet.
+        raise ConfigError(
+            f"metrics_listen = \"{metrics}\" works only with workers = 1: each worker "
+            "process keeps its own counters. Set workers = 1, or leave metrics_listen out."
+        )
+    for listener in config.listen:
+        if metrics.port != 0 and (listener.host, listener.port) == (metrics.host, metrics.port):
+            raise ConfigError(
+                f"metrics_listen {metrics} is also a listen address: give the metrics "
+                "their own port, for example \"127.0.0.1:9464\"."
             )

@@ -65,6 +65,10 @@ SKIP_AUTO_HEADERS = frozenset(
 SECRET_PARAMS = frozenset(("access_token", "token", "password", "secret", "refresh_token"))
 
 COPY_CHUNK = 256 * 1024
+# Bodies up to this size (manifests, error documents, the empty bodies of upload
+# responses) are read whole and sent with the headers in one write, which saves a
+# TLS record and a send() per response. Larger bodies stream.
+SMALL_BODY = 64 * 1024
 
 
 def registry_error(status: int, code: str, message: str, detail: object = None) -> web.Response:
@@ -136,6 +140,8 @@ class Proxy:
         self.client_certificate_failures = 0
         self.trust: status.TrustInfo | None = None
         self.in_flight = 0
+        # A gateway.metrics.Metrics when metrics_listen is set; None costs nothing per request.
+        self.metrics = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -270,6 +276,9 @@ class Proxy:
             if self.in_flight == 0:
                 self._idle.set()
             self._log_access(request, response, request_id, counters, started)
+            if self.metrics is not None:
+                status = response.status if response is not None else 499
+                self.metrics.record(request.method, status, counters["in"], counters["out"])
 
     def _log_access(self, request, response, request_id, counters, started) -> None:
         if not access_log.isEnabledFor(logging.INFO):
@@ -324,13 +333,15 @@ class Proxy:
         body = None
         if request.body_exists:
             widen_tls_reads(request)
-            body = RequestBody(request.content, counters, self.config.client_idle_timeout)
+            chunked = "chunked" in request.headers.get(hdrs.TRANSFER_ENCODING, "").lower()
+            body = RequestBody(request.content, counters, self.config.client_idle_timeout, chunked)
             # Wait for the first body bytes before opening the upstream request, so
             # a body that is malformed or stalled from its start reaches nothing.
             failure = await body.read_first()
             if failure is not None:
                 return self._client_body_failure(request, failure, request_id)
 
+        sent = time.monotonic()
         try:
             upstream = await self._session.request(
                 request.method,
@@ -349,6 +360,8 @@ class Proxy:
             if timed_out:
                 return self._upstream_failure(504, "timed out", url, request_id, exc)
             return self._upstream_failure(502, "unreachable", url, request_id, exc)
+        if self.metrics is not None:
+            self.metrics.upstream_latency.observe(time.monotonic() - sent)
 
         try:
             return await self._relay(request, upstream, origin, url, request_id, counters)
@@ -408,6 +421,15 @@ class Proxy:
                 {"upstream": url, "error": str(exc)},
             )
 
+        length = upstream.content_length
+        if (
+            length is not None
+            and length <= SMALL_BODY
+            and request.method != hdrs.METH_HEAD
+            and upstream.status not in (204, 304)
+        ):
+            return await self._relay_small(upstream, headers, url, request_id, counters)
+
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         await response.prepare(request)
         if request.method == hdrs.METH_HEAD or upstream.status in (204, 304):
@@ -426,6 +448,8 @@ class Proxy:
                     "Upstream %s broke off the response body after %d bytes (request id %s): %s",
                     url, counters["out"], request_id, str(exc) or type(exc).__name__,
                 )
+                if self.metrics is not None:
+                    self.metrics.upstream_errors.labels("broke off the response").inc()
                 _abort(request)
                 return response
             if not chunk:
@@ -445,11 +469,22 @@ class Proxy:
         await response.write_eof()
         return response
 
+    async def _relay_small(self, upstream, headers, url, request_id, counters) -> web.Response:
+        try:
+            body = await upstream.read()
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, TimeoutError, aiohttp.ClientOSError) as exc:
+            # Nothing has gone to the client yet, so it can still get a clean 502.
+            return self._upstream_failure(502, "broke off the response", url, request_id, exc)
+        counters["out"] += len(body)
+        return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+
     def _upstream_failure(self, status, what, url, request_id, exc) -> web.Response:
         reason = str(exc) or type(exc).__name__
         upstream_log.warning(
             f"upstream-{status}", "Upstream %s %s (request id %s): %s", url, what, request_id, reason
         )
+        if self.metrics is not None:
+            self.metrics.upstream_errors.labels(what).inc()
         code = "UNAVAILABLE"
         message = (
             f"the gateway's upstream registry is {what}" if status == 502 else "the upstream registry timed out"
@@ -493,22 +528,35 @@ class RequestBody:
     `failure`, so the handler can tell it from an upstream failure.
     """
 
-    def __init__(self, stream, counters: dict, idle_timeout: float):
+    def __init__(self, stream, counters: dict, idle_timeout: float, chunked: bool = False):
         self._stream = stream
         self._counters = counters
         self._timeout = idle_timeout
+        self._chunked = chunked
         self._first = b""
         self.failure: BaseException | None = None
 
     async def _read(self) -> bytes:
         try:
             async with asyncio.timeout(self._timeout):
-                chunk = await self._stream.readany()
+                chunk = await self._next_piece()
         except (TimeoutError, BadHttpMessage, ConnectionError, aiohttp.ClientConnectionError) as exc:
             self.failure = exc
             raise
         self._counters["in"] += len(chunk)
         return chunk
+
+    async def _next_piece(self) -> bytes:
+        if not self._chunked:
+            # readany() returns everything buffered at once: few, large writes.
+            return await self._stream.readany()
+        # A chunked body (Docker's streamed PATCH) arrives as one buffer piece per
+        # HTTP chunk, which readany() would join into a new bytes object, a copy
+        # of every byte; readchunk() hands each piece over as it is.
+        while True:
+            chunk, end_of_http_chunk = await self._stream.readchunk()
+            if chunk or not end_of_http_chunk:
+                return chunk
 
     async def read_first(self) -> BaseException | None:
         try:

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from gateway import certs, tlsreload
+from gateway import certs, eventloop, metrics, tlsreload, workers
 from gateway.cli import setup_logging
 from gateway.config import (
     Config,
@@ -21,7 +21,7 @@ from gateway.config import (
     validate,
 )
 from gateway.errors import CertificateError
-from gateway.server import Gateway
+from gateway.server import Gateway, make_ssl_context
 from gateway.status import TrustInfo, trust_command, upstream_state
 
 log = logging.getLogger("gateway.server")
@@ -183,14 +183,27 @@ def run(args: argparse.Namespace) -> int:
     reloader = make_reloader(config, cert, key, ca_path)
     if config.client_ca is not None:
         print(tlsreload.CLIENT_CA_NOTE.format(client_ca=config.client_ca))
-    if sys.platform == "win32":  # pragma: no cover - the peek on accept needs a selector loop.
-        asyncio.set_event_loop_policy(asyncio.WindowsSelectorEventLoopPolicy())
     trust = TrustInfo(leaf_path=cert, ca_path=ca_path)
+    if config.workers > 1:
+
+        def announce(addresses: list[str]) -> None:
+            print_trust_hint(config, ca_path, addresses)
+            for address in addresses:
+                print(f"Listening on https://{address} -> {config.upstream}", flush=True)
+
+        def make_context():
+            return make_ssl_context(cert, key, config.client_ca)
+
+        # NOTE: worker processes load the certificate once; SIGHUP, file-change
+        # reload and renewal apply only with workers = 1.
+        return workers.run(config, make_context, announce, trust)
     try:
-        return asyncio.run(serve_forever(config, reloader.context, trust, reloader))
+        return eventloop.run(
+            serve_forever(config, reloader.context, trust, reloader, cert), config.event_loop
+        )
     except KeyboardInterrupt:  # pragma: no cover - Windows only, see below.
         # On Windows Ctrl-C cancels serve_forever, which drains and stops the
-        # gateway; asyncio.run then re-raises the interrupt. The stop was clean.
+        # gateway; the runner then re-raises the interrupt. The stop was clean.
         return 0
 
 
@@ -227,6 +240,7 @@ async def serve_forever(
     context,
     trust: TrustInfo,
     reloader: tlsreload.CertificateReloader | None = None,
+    cert: Path | None = None,
 ) -> int:
     gateway = Gateway(config, context, trust)
     stop = asyncio.Event()
@@ -235,6 +249,7 @@ async def serve_forever(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
     await gateway.start()
+    metrics_listener = await metrics.start(gateway, cert) if cert is not None else None
     if reloader is not None:
         reloader.log_serving(warn_names=False)
         reloader.attach(gateway)
@@ -254,5 +269,7 @@ async def serve_forever(
     if reloader is not None:
         await reloader.stop()
     await gateway.stop()
+    if metrics_listener is not None:
+        await metrics_listener.close()
     log.info("Stopped")
     return 0

@@ -115,8 +115,12 @@ def make_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> ss
     return context
 
 
-def bind_listener(listener: Listener) -> socket.socket:
-    """Open a listening socket, turning the usual failures into one-line errors."""
+def bind_listener(listener: Listener, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """Open a listening socket, turning the usual failures into one-line errors.
+
+    `reuse_port` sets SO_REUSEPORT, so that several worker processes can bind the
+    same address; `listen=False` only binds, to reserve a port for them.
+    """
     try:
         infos = socket.getaddrinfo(
             listener.host or None, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -130,10 +134,13 @@ def bind_listener(listener: Listener) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6 and listener.host in ("::", ""):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(address)
-        sock.listen(BACKLOG)
+        if listen:
+            sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
@@ -190,12 +197,17 @@ class Gateway:
         """The `host:port` of each listener, with the port the OS chose for port 0."""
         return [format_host_port(b.listener.host, b.port) for b in self.bound]
 
+    @property
+    def open_connections(self) -> int:
+        """Client connections past the TLS handshake, idle keep-alive ones included."""
+        return len(self._server.connections) if self._server is not None else 0
+
     async def start(self) -> None:
         # NOTE: a class attribute of the standard library's SSLProtocol (CPython
         # 3.11-3.13); it applies to every TLS connection in this process.
         asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
         for listener in self.config.listen:
-            sock = bind_listener(listener)
+            sock = bind_listener(listener, reuse_port=self.config.workers > 1)
             self.bound.append(_BoundListener(listener, sock))
         await self.proxy.start()
         limits = dict(

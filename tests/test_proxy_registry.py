@@ -256,3 +256,35 @@ async def test_error_status_and_body_pass_through(gateway, client, registry):
     async with client.get(base_url(gateway) + path) as response:
         assert response.status == 404
         assert await response.read() == direct_body
+
+
+async def test_small_bodies_keep_registry_headers(gateway, client, registry):
+    """Small bodies, sent whole with their headers, keep the registry's framing and type."""
+    base = base_url(gateway)
+    config_bytes = b'{"architecture":"amd64","os":"linux","small":1}'
+    config_digest = await push_blob(client, base, "proxy/small", config_bytes)
+    manifest = await put_manifest(client, base, "proxy/small", "v1", config_digest, len(config_bytes), [])
+
+    async with aiohttp.ClientSession(auto_decompress=False) as direct:
+        for method, path in (
+            ("GET", "/v2/proxy/small/manifests/v1"),
+            ("GET", "/v2/"),
+            ("POST", "/v2/proxy/small/blobs/uploads/"),
+            ("GET", "/v2/proxy/small/manifests/missing"),
+        ):
+            headers = {"Accept": OCI_MANIFEST}
+            async with direct.request(method, registry.url + path, headers=headers) as response:
+                direct_status, direct_headers = response.status, response.headers
+                direct_body = await response.read()
+            async with client.request(method, base + path, headers=headers) as response:
+                status, proxied = response.status, response.headers
+                body = await response.read()
+
+            assert status == direct_status, path
+            assert proxied.get("Content-Length") == direct_headers.get("Content-Length"), path
+            assert proxied.get("Content-Type") == direct_headers.get("Content-Type"), path
+            assert "Transfer-Encoding" not in proxied, path
+            if method == "GET":
+                assert body == direct_body, path
+            if path.endswith("/v1"):
+                assert body == manifest
