@@ -192,9 +192,14 @@ def parse_name(value: str) -> str:
             f"Invalid name {value!r}: give the host name without the port; the "
             "port comes from the listen address."
         )
+    if "*" in name:
+        raise ConfigError(
+            f"Invalid name {value!r}: give the exact names clients use, not a wildcard; "
+            "each name is also the address the registry's URLs are rewritten to."
+        )
     labels = name.rstrip(".").split(".")
     if not name or not all(
-        label and len(label) <= 63 and all(c.isalnum() or c in "-_*" for c in label)
+        label and len(label) <= 63 and all(c.isalnum() or c in "-_" for c in label)
         for label in labels
     ):
         raise ConfigError(
@@ -218,7 +223,10 @@ def _expect(table: dict[str, Any], key: str, kind: type | tuple[type, ...], wher
     value = table[key]
     # bool is an int in Python; a timeout of `true` is a mistake, not 1 second.
     if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise ConfigError(f"Invalid value for {where}{key}: {value!r} is not a number.")
+        raise ConfigError(
+            f"Invalid value for {where}{key}: {str(value).lower()} is not a number; write a "
+            "plain number without quotes or unit, e.g. 30."
+        )
     if not isinstance(value, kind):
         kinds = kind if isinstance(kind, tuple) else (kind,)
         raise ConfigError(
@@ -250,7 +258,7 @@ def _reject_unknown(table: dict[str, Any], known: set[str], where: str, path: Pa
     for key in table:
         if key not in known:
             raise ConfigError(
-                f"Unknown key {where}{key!r} in {path}: remove it, or use one of "
+                f"Unknown key '{where}{key}' in {path}: remove it, or use one of "
                 f"{', '.join(sorted(known))}."
             )
 
@@ -279,7 +287,12 @@ def load(path: Path | None) -> Config:
         raise ConfigError(f"Invalid TOML in {str(path)!r}: {exc}.") from None
 
     base = path.resolve().parent
-    _apply_top_level(config, data, path, base)
+    try:
+        _apply_top_level(config, data, path, base)
+    except ConfigError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ConfigError(f"In {path}: {exc}") from None
     return config
 
 
@@ -315,9 +328,12 @@ def _apply_top_level(config: Config, data: dict[str, Any], path: Path, base: Pat
     if "names" in data:
         config.names = [parse_name(str(n)) for n in _expect(data, "names", list, "")]
     if "trusted_proxies" in data:
-        config.trusted_proxies = [
-            parse_network(str(n)) for n in _expect(data, "trusted_proxies", list, "")
-        ]
+        if not isinstance(data["trusted_proxies"], list):
+            raise ConfigError(
+                f"Invalid value for trusted_proxies in {path}: give a list of addresses or "
+                'CIDRs, e.g. ["10.0.0.0/8"].'
+            )
+        config.trusted_proxies = [parse_network(str(n)) for n in data["trusted_proxies"]]
     if "drain_timeout" in data:
         config.drain_timeout = _positive(
             _expect(data, "drain_timeout", (int, float), ""), "drain_timeout"

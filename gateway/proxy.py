@@ -284,9 +284,10 @@ class Proxy:
         if not access_log.isEnabledFor(logging.INFO):
             return
         status = response.status if response is not None else 499
-        if response is not None and not counters["out"]:
-            # The gateway's own answers (errors, /_gateway/ pages) are not counted while streaming.
-            counters["out"] = response.body_length
+        if isinstance(response, web.Response) and not counters["out"] and response.body:
+            # The gateway's own answers (errors, /_gateway/ pages) are not streamed,
+            # so their size comes from the body they carry.
+            counters["out"] = len(response.body)
         access_log.info(
             '%s "%s %s" %d in=%d out=%d %.3fs id=%s',
             request.remote or "-",
@@ -309,7 +310,7 @@ class Proxy:
                 {"target": raw_path[:200]},
             )
         assert self._session is not None, "Proxy.start() must run before requests"
-        if raw_path.startswith(status.PREFIX):
+        if raw_path.startswith(status.PREFIX) or raw_path == status.PREFIX.rstrip("/"):
             return await status.handle(
                 request, self.public_authority(request), self.trust, self._session, self._registry_base
             )
@@ -479,20 +480,41 @@ class Proxy:
         return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
 
     def _upstream_failure(self, status, what, url, request_id, exc) -> web.Response:
-        reason = str(exc) or type(exc).__name__
+        reason = upstream_error_text(exc)
         upstream_log.warning(
             f"upstream-{status}", "Upstream %s %s (request id %s): %s", url, what, request_id, reason
         )
         if self.metrics is not None:
             self.metrics.upstream_errors.labels(what).inc()
         code = "UNAVAILABLE"
-        message = (
-            f"the gateway's upstream registry is {what}" if status == 502 else "the upstream registry timed out"
+        if status == 502:
+            message = f"the gateway's upstream registry is {what}: {reason}"
+        else:
+            message = "the upstream registry timed out"
+        return registry_error(
+            status, code, message, {"upstream": url, "error": str(exc) or type(exc).__name__}
         )
-        if self.config.upstream.scheme == "https" and "WRONG_VERSION_NUMBER" in reason.upper():
-            # The usual cause: --upstream https:// in front of a registry that speaks plain HTTP.
-            message += "; it does not speak TLS, so give the upstream as http://"
-        return registry_error(status, code, message, {"upstream": url, "error": reason})
+
+
+def upstream_error_text(exc: BaseException) -> str:
+    """Say in a plain sentence why the upstream could not be reached, with the fix where known."""
+    raw = str(exc) or type(exc).__name__
+    host = getattr(getattr(exc, "host", None), "__str__", lambda: "")()
+    port = getattr(exc, "port", None)
+    where = f"{host}:{port}" if host and port else "the upstream"
+    if "WRONG_VERSION_NUMBER" in raw.upper():
+        # The usual cause: an https:// upstream in front of a registry that speaks plain HTTP.
+        return f"{where} answered the TLS handshake in plain HTTP, so give the upstream as http://{where}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"the certificate of {where} did not verify ({exc.certificate_error})"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"the name {host} does not resolve; check the upstream URL"
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(os_error, ConnectionRefusedError):
+        return f"connection refused: nothing listens on {where}; start the registry or fix the upstream URL"
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {where} in time"
+    return raw
 
 
 # asyncio's own default read size for TLS connections; the listener starts each

@@ -155,6 +155,18 @@ def print_trust_hint(config: Config, ca_path: Path | None, addresses: list[str])
     print(f"  Status page and instructions: https://{authority}/_gateway/")
 
 
+def warn_if_not_ca(path: Path) -> None:
+    """Warn when tls.client_ca holds no CA certificate, so no client certificate can verify."""
+    found = certs.load_certs(path)
+    if not any(certs.is_ca(cert) for cert in found):
+        log.warning(
+            "tls.client_ca %s holds no CA certificate (only a leaf), so no client "
+            "certificate will verify against it: give the CA that issues client "
+            "certificates, e.g. certs/ca.crt for registry-gateway certs issue-client.",
+            path,
+        )
+
+
 def raise_file_limit(wanted: int) -> None:
     """Raise the soft open-file limit toward `wanted`, since each connection costs two."""
     try:
@@ -183,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
     reloader = make_reloader(config, cert, key, ca_path)
     if config.client_ca is not None:
         print(tlsreload.CLIENT_CA_NOTE.format(client_ca=config.client_ca))
+        warn_if_not_ca(config.client_ca)
     trust = TrustInfo(leaf_path=cert, ca_path=ca_path)
     if config.workers > 1:
 
@@ -229,7 +242,7 @@ async def warn_if_upstream_down(gateway: Gateway, config: Config) -> None:
         return
     log.warning(
         "Upstream %s is %s. The gateway starts anyway and answers 502 until the "
-        "registry answers; check --upstream.",
+        "registry answers; check the upstream URL (--upstream or upstream.url).",
         config.upstream,
         state,
     )

@@ -228,7 +228,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for bound in self.bound:
             bound.task = loop.create_task(self._accept_loop(bound.sock))
-            log.info("Listening on https://%s", format_host_port(bound.listener.host, bound.port))
+            log.debug("Listening on https://%s", format_host_port(bound.listener.host, bound.port))
 
     async def _accept_loop(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()

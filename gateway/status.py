@@ -12,17 +12,21 @@ from __future__ import annotations
 import asyncio
 import datetime
 import html
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from gateway import certs
 from gateway.client_paths import client_paths, registry_folder_name
+from gateway.logs import RateLimitedLog
 
 PREFIX = "/_gateway/"
+stale_log = RateLimitedLog(logging.getLogger("gateway.server"))
 UPSTREAM_CHECK_TIMEOUT = 3.0
 
 
@@ -34,9 +38,27 @@ class TrustInfo:
     ca_path: Path | None = None
 
     def ca_certificate(self) -> x509.Certificate | None:
+        """Return the CA, but only while it signed the leaf being served.
+
+        After `certs init --force` the folder holds a new CA while the running
+        gateway still serves a leaf of the old one; offering the new CA then would
+        give clients a file that fails to verify.
+        """
         if self.ca_path is None or not self.ca_path.exists():
             return None
-        return certs.load_certs(self.ca_path)[0]
+        ca = certs.load_certs(self.ca_path)[0]
+        try:
+            self.leaf_certificate().verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            stale_log.warning(
+                "stale-ca",
+                "The CA %s did not sign the certificate being served (%s); /_gateway/ offers "
+                "no CA until they match. Reissue the leaf: registry-gateway certs issue NAMES --force",
+                self.ca_path,
+                self.leaf_path,
+            )
+            return None
+        return ca
 
     def leaf_certificate(self) -> x509.Certificate:
         return certs.load_certs(self.leaf_path)[0]
@@ -64,7 +86,10 @@ async def upstream_state(session: aiohttp.ClientSession, base: str) -> str:
                     return f"reachable: GET /v2/ answered {response.status}"
                 return f"answering, but not like a registry: GET /v2/ gave {response.status}"
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        return f"not reachable: {str(exc) or type(exc).__name__}"
+        # Imported here: proxy imports this module.
+        from gateway.proxy import upstream_error_text
+
+        return f"not reachable: {upstream_error_text(exc)}"
 
 
 def _ca_response(trust: TrustInfo) -> web.Response:
@@ -111,7 +136,7 @@ def _client_instructions(authority: str, ca_url: str) -> list[tuple[str, str]]:
             f"sudo mkdir -p {podman}/{authority}\n"
             f"sudo cp ca.crt {podman}/{authority}/ca.crt",
         ),
-        ("Download the CA (then compare its SHA-256 fingerprint with the one above)", f"curl -fsSk -o ca.crt {ca_url}"),
+        ("Download the CA, then compare its SHA-256 fingerprint with the one registry-gateway serve printed on the gateway host (this page comes from the same server, so it cannot vouch for itself)", f"curl -fsSk -o ca.crt {ca_url}\nopenssl x509 -in ca.crt -noout -fingerprint -sha256"),
     ]
 
 
@@ -149,7 +174,9 @@ def render_status(authority: str, trust: TrustInfo, upstream: str, upstream_url:
     if ca is not None:
         parts += [
             "<h2>Trust this gateway on a client</h2>",
-            "<p>Run on each machine that pushes or pulls; it checks the fingerprint before writing anything:</p>",
+            "<p>Run on each machine that pushes or pulls; it checks the fingerprint before writing "
+            "anything. Take the fingerprint from the gateway host itself (registry-gateway serve "
+            "prints it at start-up), not only from this page:</p>",
             f'<pre id="trust-command">{e(trust_command(authority, ca))}</pre>',
             f'<p>Or download <a href="{PREFIX}ca.crt">ca.crt</a> and install it by hand:</p>',
         ]
@@ -171,6 +198,8 @@ async def handle(request: web.BaseRequest, authority: str, trust: TrustInfo | No
         return web.Response(status=404, text="Not found\n")
     if request.method not in ("GET", "HEAD"):
         return web.Response(status=405, headers={"Allow": "GET, HEAD"})
+    if path == PREFIX.rstrip("/"):
+        return web.Response(status=301, headers={"Location": PREFIX})
     if path == PREFIX + "ca.crt":
         return _ca_response(trust)
     if path == PREFIX:

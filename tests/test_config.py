@@ -113,3 +113,16 @@ def test_validate_rejects_forwarding_to_itself():
 def test_certificate_names_include_loopback():
     config = Config(names=["registry.local"])
     assert config.certificate_names() == ["registry.local", "localhost", "127.0.0.1", "::1"]
+
+
+def test_wildcard_name_rejected():
+    with pytest.raises(ConfigError, match="not a wildcard"):
+        parse_name("*.local")
+
+
+def test_errors_name_the_file(tmp_path):
+    path = write(tmp_path, "drain_timeout = -1\n")
+    with pytest.raises(ConfigError) as raised:
+        load(path)
+    assert str(path) in str(raised.value)
+    assert "above 0" in str(raised.value)

@@ -476,3 +476,25 @@ async def test_absolute_form_target_rejected(upstream, local_ca):
     assert data.startswith(b"HTTP/1.1 400")
     assert json.loads(data.split(b"\r\n\r\n", 1)[1])["errors"][0]["code"] == "UNSUPPORTED"
     assert upstream.received == []
+
+
+async def test_https_upstream_on_plain_port_hint(registry, local_ca, client):
+    """An https:// upstream in front of a plain-HTTP registry gets a 502 that says to use http://."""
+    config = Config(upstream=URL(registry.url.replace("http://", "https://")), names=["localhost"])
+    async with running_gateway(config, local_ca) as gateway:
+        async with await request(client, gateway, "GET", "/v2/") as response:
+            assert response.status == 502
+            message = (await response.json())["errors"][0]["message"]
+    assert f"give the upstream as http://{registry.address}" in message
+
+
+async def test_access_log_counts_own_error_bodies(local_ca, client, caplog):
+    from gateway.lab import free_port
+
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    config = Config(upstream=URL(f"http://127.0.0.1:{free_port()}"), names=["localhost"])
+    async with running_gateway(config, local_ca) as gateway:
+        async with await request(client, gateway, "GET", "/v2/") as response:
+            body = await response.read()
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.access"]
+    assert f"out={len(body)}" in lines[0]

@@ -101,3 +101,30 @@ def test_serve_prints_fingerprint_and_trust_command(registry, tmp_path, local_ca
     assert status == 200
     assert printed in body.decode()
     assert command in body.decode()
+
+
+async def test_gateway_path_without_slash_redirects(upstream, local_ca, session):
+    config = Config(upstream=URL(upstream.url), names=["localhost"])
+    async with running_gateway(config, local_ca) as gateway:
+        url = f"https://localhost:{gateway.bound[0].port}/_gateway"
+        async with session.get(url, allow_redirects=False) as response:
+            assert response.status == 301
+            assert response.headers["Location"] == "/_gateway/"
+    assert upstream.received == []
+
+
+async def test_stale_ca_not_offered(upstream, tmp_path, session, client_ssl):
+    """After the CA is replaced under a running gateway, its new CA is not offered for the old leaf."""
+    import shutil
+
+    from gateway.status import TrustInfo
+
+    folder = tmp_path / "certs"
+    certs.ensure_serving_pair(folder, ["localhost", "127.0.0.1"])
+    leaf = folder / certs.LEAF_CERT
+    other = tmp_path / "other"
+    certs.ensure_local_ca(other)
+    trust = TrustInfo(leaf_path=leaf, ca_path=folder / certs.CA_CERT)
+    assert trust.ca_certificate() is not None
+    shutil.copy(other / certs.CA_CERT, folder / certs.CA_CERT)
+    assert trust.ca_certificate() is None
