@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import io
 import os
+import resource
 import signal
 import ssl
 from pathlib import Path
@@ -245,6 +246,10 @@ async def test_concurrent_pushes_and_pulls(own_gateway, session):
 async def test_idle_keepalive_connections_bounded(own_gateway, local_ca):
     """2,000 idle keep-alive TLS connections are held; RSS per connection is reported and bounded."""
     pid = own_gateway.process.pid
+    # This process holds the client ends: make room for them where the soft limit is 1024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
     context = ssl.create_default_context(cafile=str(local_ca / "ca.crt"))
     request = f"GET /v2/ HTTP/1.1\r\nHost: localhost:{own_gateway.port}\r\n\r\n".encode()
     rss_before = rss_kib(pid)
