@@ -120,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if root is None:
         return _dry_run(fetched, plans, target, args.timeout)
+    fingerprint = trust.colon_form(args.fingerprint) if args.fingerprint else None
+    trust.check_shared_files([plan for _, plan in plans], root, fingerprint)
     if args.fingerprint is None and not args.yes:
         _confirm(fetched)
     ca_files = _write(plans, root, args.install)
@@ -187,10 +189,14 @@ def _write(plans: Plans, root: Path, install: bool) -> list[Path]:
     for (_client, plan), written in zip(plans, trust.write([p for _, p in plans], root)):
         print(f"{plan.title}, for {plan.authority}:")
         for item in written:
-            if item.backup is not None:
-                print(f"  Moved the old file to {str(item.backup)!r}.")
-            verb = "Unchanged" if item.unchanged else "Wrote"
             real = f" (for {item.target})" if str(item.path) != str(item.target) else ""
+            if item.backup is not None:
+                print(
+                    f"  Replaced {str(item.path)!r}{real}. The old file differed, so it "
+                    f"was moved to the backup {str(item.backup)!r}."
+                )
+                continue
+            verb = "Unchanged" if item.unchanged else "Wrote"
             print(f"  {verb} {str(item.path)!r}{real}")
         _print_steps(plan)
         ca_files.append(written[0].path)

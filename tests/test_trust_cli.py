@@ -203,9 +203,63 @@ def test_install_backs_up_different_file(gateway_process, local_ca, ca_hex, tmp_
     backups = list(docker_ca.parent.glob("ca.crt.bak-*"))
     assert len(backups) == 1
     assert backups[0].read_text() == "an old CA\n"
-    assert f"  Moved the old file to {str(backups[0])!r}." in third[1]
+    assert (
+        f"  Replaced {str(docker_ca)!r} (for /etc/docker/certs.d/{authority}/ca.crt). The "
+        f"old file differed, so it was moved to the backup {str(backups[0])!r}."
+    ) in third[1]
     assert docker_ca.read_bytes() == (local_ca / certs.CA_CERT).read_bytes()
     assert "containerd/ctr: would succeed" in third[1]
+
+
+USER_HOSTS_TOML = """# The corporate mirror first, then the registry itself.
+server = "https://{authority}"
+
+[host."https://mirror.corp.example"]
+  capabilities = ["pull", "resolve"]
+  override_path = true
+"""
+
+
+def test_install_keeps_user_hosts_toml(gateway_process, ca_hex, tmp_path, capsys):
+    """A different hosts.toml is the user's: trust exits 1, writes nothing, names the merge command."""
+    authority = f"127.0.0.1:{gateway_process.port}"
+    folder = tmp_path / "etc/containerd/certs.d" / authority
+    folder.mkdir(parents=True)
+    hosts = folder / "hosts.toml"
+    hosts.write_text(USER_HOSTS_TOML.format(authority=authority))
+    status, out, err = run_cli(
+        capsys, "trust", authority, "--fingerprint", ca_hex, "--for", "containerd",
+        "--install", "--root", str(tmp_path),
+    )
+    colon = ":".join(ca_hex[i : i + 2] for i in range(0, 64, 2)).upper()
+    assert status == 1
+    assert err.startswith(f"Error: The file {str(hosts)!r} already exists and differs")
+    assert "may configure other registries or mirrors, so nothing was written" in err
+    assert f"registry-gateway snippet containerd {authority} --ca CA --merge {hosts} --write" in err
+    assert f"registry-gateway trust {authority} --fingerprint {colon} --for containerd --out DIR" in err
+    assert f"DIR/etc/containerd/certs.d/{authority}/ca.crt" in err
+    assert hosts.read_text() == USER_HOSTS_TOML.format(authority=authority)
+    assert files_under(tmp_path) == [f"etc/containerd/certs.d/{authority}/hosts.toml"]
+    assert "Wrote" not in out
+
+
+def test_install_backup_of_ca_printed(gateway_process, local_ca, ca_hex, tmp_path, capsys):
+    """A different containerd ca.crt beside trust's own hosts.toml is replaced, naming the backup."""
+    authority = f"127.0.0.1:{gateway_process.port}"
+    args = ("trust", authority, "--fingerprint", ca_hex, "--for", "containerd", "--install", "--root", str(tmp_path))
+    first = run_cli(capsys, *args)
+    ca_file = tmp_path / "etc/containerd/certs.d" / authority / "ca.crt"
+    ca_file.write_text("an old CA\n")
+    second = run_cli(capsys, *args)
+    backups = list(ca_file.parent.glob("ca.crt.bak-*"))
+    assert first[0] == 0, first[2]
+    assert second[0] == 0, second[2]
+    assert len(backups) == 1
+    assert backups[0].read_text() == "an old CA\n"
+    assert f"  Replaced {str(ca_file)!r} (for /etc/containerd/certs.d/{authority}/ca.crt)" in second[1]
+    assert f"was moved to the backup {str(backups[0])!r}." in second[1]
+    assert f"  Unchanged {str(ca_file.parent / 'hosts.toml')!r}" in second[1]
+    assert ca_file.read_bytes() == (local_ca / certs.CA_CERT).read_bytes()
 
 
 def test_root_needs_install(capsys):
