@@ -160,10 +160,15 @@ def _root(args: argparse.Namespace) -> Path | None:
 
 
 def _first_use_note(authority: str) -> str:
+    # The status page comes from the server being checked, so a server in the
+    # middle would show its own fingerprint there: only the gateway host is proof.
     return (
-        "No --fingerprint was given, so this trusts on first use: compare the "
-        "fingerprint above with the one registry-gateway serve printed on the gateway "
-        f"host, or with its status page https://{authority}/_gateway/."
+        "No --fingerprint was given, so this trusts on first use. Compare the "
+        "fingerprint above with the one shown on the gateway host itself: the line "
+        "registry-gateway serve printed at start-up, or the output of "
+        "registry-gateway certs show --dir DIR run there. Do not compare it with the "
+        f"status page https://{authority}/_gateway/, because that page comes from the "
+        "same server this command connected to."
     )
 
 

@@ -161,6 +161,11 @@ def test_yes_skips_question(gateway_process, tmp_path, capsys, monkeypatch):
     assert status == 0, err
     assert "[y/N]" not in out
     assert "Note: No --fingerprint was given, so this trusts on first use" in out
+    assert "Compare the fingerprint above with the one shown on the gateway host itself" in out
+    assert "registry-gateway serve printed at start-up" in out
+    assert "registry-gateway certs show --dir DIR run there" in out
+    assert f"Do not compare it with the status page https://{authority}/_gateway/" in out
+    assert "or with its status page" not in out
     assert files_under(tmp_path) == [f"etc/docker/certs.d/{authority}/ca.crt"]
 
 
@@ -323,6 +328,22 @@ def test_name_not_covered_writes_nothing(tmp_path, capsys):
     assert f"The certificate 127.0.0.1:{server.port} presented does not cover '127.0.0.1'" in err
     assert "x509: cannot validate certificate for 127.0.0.1 because it doesn't contain any IP SANs" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_name_not_covered_keeps_names(tmp_path, capsys):
+    """The fix for a missing name keeps the certificate's names: serve --name, or issue with all."""
+    ca_cert, ca_key = new_ca(tmp_path / "ca")
+    leaf, key = issue(ca_cert, ca_key, ["localhost", "registry.example"])
+    cert_path, key_path = write_pair(tmp_path, "registry", [leaf, ca_cert], key)
+    with tls_registry(cert_path, key_path, tmp_path / "registry") as server:
+        status, _, err = run_cli(
+            capsys, "trust", f"127.0.0.1:{server.port}", "--yes", "--out", str(tmp_path / "out")
+        )
+    assert status == 1
+    assert "registry-gateway serve ... --name localhost --name registry.example --name 127.0.0.1" in err
+    assert "serve reissues its leaf keeping every old name" in err
+    assert err.rstrip().endswith("registry-gateway certs issue --force localhost registry.example 127.0.0.1")
+    assert "certs issue --force 127.0.0.1 ..." not in err
 
 
 # Servers that are not ours: no /_gateway/ca.crt.
