@@ -176,10 +176,27 @@ def check_presented(fetched: Fetched, host: str) -> None:
     if verdict:
         raise GatewayError(
             f"The certificate {fetched.authority} presented does not cover {host!r} "
-            f"({text}), so nothing was written. Connect by a name the certificate "
-            "holds, or on the gateway host add it: registry-gateway certs issue --force "
-            f"{host} ..."
+            f"({text}), so nothing was written. {_add_name_fix(leaf, host)}"
         )
+
+
+def _add_name_fix(leaf: x509.Certificate, host: str) -> str:
+    """Return the fix that adds `host` to the gateway's certificate and keeps its other names.
+
+    `certs issue --force NAME` alone would issue a leaf for that one name and
+    break every client that connects by another.
+    """
+    dns_names, addresses = certs.san_names(leaf)
+    current = [*dns_names, *addresses]
+    names = " ".join([*current, host])
+    name_options = " ".join(f"--name {name}" for name in [*current, host])
+    return (
+        "Connect by a name the certificate contains, or add the name on the gateway "
+        f"host: restart the gateway with it added, registry-gateway serve ... "
+        f"{name_options} (serve reissues its leaf keeping every old name), or issue "
+        "the leaf with the full list, the certificate's current names and the new "
+        f"one: registry-gateway certs issue --force {names}"
+    )
 
 
 def warnings_for(fetched: Fetched, port: int | None) -> list[str]:
