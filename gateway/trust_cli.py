@@ -203,7 +203,7 @@ def _write(plans: Plans, root: Path, install: bool) -> list[Path]:
                 continue
             verb = "Unchanged" if item.unchanged else "Wrote"
             print(f"  {verb} {str(item.path)!r}{real}")
-        _print_steps(plan)
+        _print_steps(export.with_ca_file(plan, written[0].path))
         ca_files.append(written[0].path)
     return ca_files
 
@@ -225,7 +225,7 @@ def _dry_run(
         print(f"{plan.title} would read the CA for {plan.authority} from:")
         for trust_file in plan.files:
             print(f"  {trust_file.target}")
-        _print_steps(plan)
+        _print_steps(export.with_ca_file(plan, plan.files[0].target))
     with tempfile.TemporaryDirectory(prefix="registry-gateway-trust-") as folder:
         ca_file = Path(folder, "ca.crt")
         ca_file.write_bytes(certs.cert_pem(fetched.ca))

@@ -498,6 +498,36 @@ def test_desktop_docker_uses_system_store(gateway_process, ca_hex, tmp_path, cap
     assert "docker: would succeed" in out
 
 
+def test_desktop_commands_name_written_file(gateway_process, ca_hex, tmp_path, capsys):
+    """The Windows and macOS import commands name the CA file trust wrote, not a bare ca.crt."""
+    authority = authority_of(gateway_process)
+    status, out, err = run_cli(
+        capsys, "trust", authority, "--fingerprint", ca_hex, "--for", "docker",
+        "--platform", "desktop", "--out", str(tmp_path),
+    )
+    written = tmp_path / f"usr/local/share/ca-certificates/registry-gateway-localhost_{gateway_process.port}.crt"
+    assert status == 0, err
+    assert f"Then run: Import-Certificate -FilePath {written} -CertStoreLocation" in out
+    assert f"-k /Library/Keychains/System.keychain {written}   # macOS" in out
+    assert " ca.crt " not in out
+    assert "CA_FILE" not in out
+
+
+def test_windows_note_names_export_command(gateway_process, ca_hex, tmp_path, capsys):
+    """The Docker Desktop note names the certs export command with the CA file written."""
+    authority = authority_of(gateway_process)
+    status, out, err = run_cli(
+        capsys, "trust", authority, "--fingerprint", ca_hex, "--platform", "windows",
+        "--for", "docker", "--out", str(tmp_path),
+    )
+    written = tmp_path / "C/ProgramData/docker/certs.d" / authority.replace(":", "") / "ca.crt"
+    assert status == 0, err
+    assert (
+        f"registry-gateway certs export --host {authority} --for system --ca {written} prints"
+    ) in out
+    assert "(--for system" not in out
+
+
 def test_subprocess_prompt_from_pipe(gateway_process, tmp_path):
     """`python -m gateway trust` as a user runs it, with the reply y piped to the prompt."""
     authority = authority_of(gateway_process)
