@@ -22,10 +22,11 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway import certs
+from gateway import certs, nameconstraints
 from gateway.certnames import split_host_port
 from gateway.certstore import dir_option, long_date
 from gateway.errors import CertificateError
@@ -67,6 +68,8 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     root: x509.Certificate | None = None
+    # The verified path from the leaf up to the trusted root, both included.
+    path: list[x509.Certificate] = field(default_factory=list)
 
     def error(self, message: str) -> None:
         self.findings.append(Finding("Error", message))
@@ -168,8 +171,11 @@ def check_certificate(
     at = at or certs.now()
     report = Report(cert_path)
     chain = certs.load_certs(cert_path)
+    if _leaf_not_first(report, chain, cert_path):
+        return report
     leaf = chain[0]
-    fix = _issue_command(leaf, names or [], folder)
+    command = _issue_command(leaf, names or [], folder)
+    fix = _reissue_fix(leaf, names or [], folder, command)
 
     if key_path is not None:
         _check_key(report, leaf, cert_path, key_path, fix)
@@ -180,7 +186,9 @@ def check_certificate(
     else:
         _check_leaf_kind(report, leaf, cert_path)
     roots, source = load_roots(ca_path)
-    _check_chain(report, chain, roots, source, cert_path, fix)
+    # A leaf of a replaced local CA is fixed by issuing from the current one.
+    _check_chain(report, chain, roots, source, cert_path, command)
+    _check_name_constraints(report, leaf)
     _check_names(report, leaf, cert_path, names or [], fix)
     for index, cert in enumerate(chain):
         _check_validity(report, cert, index == 0, at, fix)
@@ -189,7 +197,27 @@ def check_certificate(
     return report
 
 
-def _issue_command(leaf: x509.Certificate, names: list[str], folder: Path) -> str:
+def _leaf_not_first(report: Report, chain: list[x509.Certificate], cert_path: Path) -> bool:
+    """Report a chain file whose first certificate is a CA and a later one the leaf."""
+    if len(chain) < 2 or not certs.is_ca(chain[0]):
+        return False
+    position = next((i for i, cert in enumerate(chain) if not certs.is_ca(cert)), None)
+    if position is None:
+        return False
+    leaf = chain[position]
+    report.error(
+        f"The file {str(cert_path)!r} starts with the CA "
+        f"{chain[0].subject.rfc4514_string()!r}, and the leaf "
+        f"{leaf.subject.rfc4514_string()!r} is certificate {position + 1}. Servers "
+        "present the certificates in file order and clients take the first as the "
+        "server's own, so put the leaf certificate first: move its "
+        f"-----BEGIN CERTIFICATE----- block (number {position + 1}) to the top of "
+        f"{cert_path}, followed by the intermediates, then run this check again."
+    )
+    return True
+
+
+def _names_to_issue(leaf: x509.Certificate, names: list[str]) -> list[str]:
     dns_names, addresses = certs.san_names(leaf)
     covered = [*dns_names, *addresses]
     for name in names:
@@ -198,12 +226,46 @@ def _issue_command(leaf: x509.Certificate, names: list[str], folder: Path) -> st
             covered.append(host.lower())
     if not covered and _common_name(leaf):
         covered.append(_common_name(leaf).split(":")[0])
+    return covered
+
+
+def _issue_command(leaf: x509.Certificate, names: list[str], folder: Path) -> str:
+    covered = _names_to_issue(leaf, names)
     shown = " ".join(covered) if covered else "NAME ..."
     return f"registry-gateway certs issue{dir_option(folder)} {shown} --force"
 
 
+def _reissue_fix(leaf: x509.Certificate, names: list[str], folder: Path, command: str) -> str:
+    """Return how to get a corrected leaf: `command`, or two options.
+
+    `certs issue --force` replaces the leaf with one from the local CA in `folder`,
+    so for a leaf that CA did not issue it is only one of two choices.
+    """
+    if _issued_by_local_ca(leaf, folder):
+        return command
+    covered = _names_to_issue(leaf, names)
+    sans = ", ".join(covered) if covered else "the names clients use"
+    return (
+        f"either reissue it from the CA that issued it, {leaf.issuer.rfc4514_string()!r}, "
+        f"with the SANs {sans}, or switch to the gateway's local CA in "
+        f"{str(folder)!r} (clients must then trust its ca.crt) with: {command}"
+    )
+
+
+def _issued_by_local_ca(leaf: x509.Certificate, folder: Path) -> bool:
+    try:
+        local_cas = certs.load_certs(folder / certs.CA_CERT)
+    except CertificateError:
+        return False
+    return _find_issuer(leaf, local_cas) is not None
+
+
 def _check_key(report: Report, leaf, cert_path: Path, key_path: Path, fix: str) -> None:
-    key = certs.load_key(key_path)
+    try:
+        key = _load_check_key(key_path)
+    except CertificateError as exc:
+        report.error(str(exc))
+        return
     if not certs.key_matches(leaf, key):
         report.error(
             f"The key {str(key_path)!r} does not match the certificate {str(cert_path)!r}, "
@@ -216,6 +278,24 @@ def _check_key(report: Report, leaf, cert_path: Path, key_path: Path, fix: str) 
             f"The key {str(key_path)!r} is readable by other users (mode {mode:04o}). "
             f"Restrict it: chmod 600 {key_path}"
         )
+
+
+def _load_check_key(key_path: Path):
+    """Read a key to compare with the certificate: ECDSA, RSA or Ed25519, which Go's TLS accepts."""
+    try:
+        data = key_path.read_bytes()
+    except OSError as exc:
+        raise CertificateError(f"Cannot read key file {str(key_path)!r}: {exc.strerror}.") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (TypeError, ValueError):
+        return certs.load_key(key_path)  # Raises with the message for encrypted or missing keys.
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
+        raise CertificateError(
+            f"The key in {str(key_path)!r} is {type(key).__name__.removesuffix('PrivateKey')}, "
+            "which Go's crypto/tls does not support: use an ECDSA P-256 key."
+        )
+    return key
 
 
 def is_self_signed_server(chain: list[x509.Certificate]) -> bool:
@@ -264,7 +344,8 @@ def _check_chain(report: Report, chain, roots, source: str, cert_path: Path, fix
         root = _find_issuer(current, roots)
         if root is not None:
             report.root = root
-            _check_path_length([*path, root] if root != current else path, report)
+            report.path = [*path, root] if root != current else path
+            _check_path_length(report.path, report)
             return
         if current.issuer == current.subject:
             what = "The certificate" if current is chain[0] else "Its root"
@@ -383,12 +464,50 @@ def _find_issuer(cert: x509.Certificate, candidates: list[x509.Certificate]) -> 
     for candidate in candidates:
         if candidate.subject != cert.issuer:
             continue
-        try:
-            cert.verify_directly_issued_by(candidate)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        return candidate
+        if _signed_by(cert, candidate):
+            return candidate
     return None
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Return whether `issuer`'s key made `cert`'s signature, SHA-1 signatures included.
+
+    `verify_directly_issued_by` (cryptography 46) rejects SHA-1 signatures as
+    unsupported, but a SHA-1 leaf still chains: Go reports the algorithm instead.
+    """
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (TypeError, InvalidSignature):
+        return False
+    except ValueError:
+        pass
+    if not isinstance(cert.signature_hash_algorithm, hashes.SHA1):
+        return False
+    public = issuer.public_key()
+    try:
+        if isinstance(public, rsa.RSAPublicKey):
+            public.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), hashes.SHA1())
+        elif isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA1()))
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _check_name_constraints(report: Report, leaf: x509.Certificate) -> None:
+    found = nameconstraints.violation(leaf, report.path[1:])
+    if found is None:
+        return
+    ca, message = found
+    report.error(
+        f"The CA {ca.subject.rfc4514_string()!r} has Name Constraints that do not allow "
+        f"the certificate's names, so Go clients fail with \"{message}\". Issue the "
+        "leaf for a name inside the CA's permitted names, or from a CA without such "
+        "constraints."
+    )
 
 
 def _check_names(report: Report, leaf, cert_path: Path, names: list[str], fix: str) -> None:
@@ -455,6 +574,13 @@ def _check_algorithms(report: Report, cert, is_leaf: bool, fix: str) -> None:
             f"algorithm. Issue one signed with SHA-256: {fix}"
         )
     public = cert.public_key()
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        report.warning(
+            f"{what} has an Ed25519 key. Go's crypto/tls (docker, containerd, podman) "
+            "accepts it, but some clients and older TLS stacks do not, such as web "
+            "browsers and OpenSSL before 1.1.1. For the widest support, issue one with "
+            f"an ECDSA P-256 key: {fix}"
+        )
     if isinstance(public, rsa.RSAPublicKey) and public.key_size < MIN_RSA_BITS:
         report.error(
             f"{what} has a {public.key_size}-bit RSA key; use at least {MIN_RSA_BITS} bits. "

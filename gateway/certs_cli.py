@@ -275,8 +275,12 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     _host, port, authority = export.parse_authority(args.host)
-    chain = export.load_ca_for_export(args.ca or args.dir / certs.CA_CERT)
-    plans = [export.plan_export(client, authority, chain) for client in dict.fromkeys(args.clients)]
+    ca_path = args.ca or args.dir / certs.CA_CERT
+    chain = export.load_ca_for_export(ca_path)
+    plans = [
+        export.with_ca_file(export.plan_export(client, authority, chain), ca_path)
+        for client in dict.fromkeys(args.clients)
+    ]
     for message in export.export_warnings(chain, authority, port):
         print(f"Warning: {message}")
     root = args.out

@@ -15,8 +15,9 @@ private-registry page, and BuildKit's `buildkitd.toml` reference.
 from __future__ import annotations
 
 import os
+import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 
 from cryptography import x509
@@ -37,6 +38,9 @@ CLIENTS = (
     "system",
 )
 DEBIAN_ANCHORS = PurePosixPath("/usr/local/share/ca-certificates")
+# The placeholder for the CA file in commands and notes, which `with_ca_file`
+# replaces with a real path once the caller knows it.
+CA_FILE = "CA_FILE"
 RHEL_ANCHORS = PurePosixPath("/etc/pki/ca-trust/source/anchors")
 
 
@@ -189,8 +193,9 @@ def _docker_windows(authority: str, pem: bytes) -> TrustPlan:
             f"On Windows the folder is {folder!r}: the engine removes the colon, which "
             "no Windows folder name can contain.",
             "Docker Desktop with Linux containers reads no CA from this folder: import "
-            "the CA into the Windows certificate store instead (--for system, the "
-            "Windows line) and restart Docker Desktop.",
+            "the CA into the Windows certificate store instead, with the Windows command "
+            f"that registry-gateway certs export --host {authority} --for system --ca "
+            f"{CA_FILE} prints, and restart Docker Desktop.",
         ],
     )
 
@@ -273,11 +278,21 @@ def _system(authority: str, pem: bytes) -> TrustPlan:
         commands=[
             "update-ca-certificates   # Debian, Ubuntu, as root, after writing " + str(debian),
             "update-ca-trust   # RHEL, Fedora, as root, after writing " + str(rhel),
-            "Import-Certificate -FilePath ca.crt -CertStoreLocation Cert:\\LocalMachine\\Root   # Windows, PowerShell as Administrator",
-            "security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain ca.crt   # macOS, as root",
+            f"Import-Certificate -FilePath {CA_FILE} -CertStoreLocation Cert:\\LocalMachine\\Root   # Windows, PowerShell as Administrator",
+            f"security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {CA_FILE}   # macOS, as root",
         ],
         notes=["dockerd on Linux merges the system store with certs.d; restart it after "
                "changing the system store."],
+    )
+
+
+def with_ca_file(plan: TrustPlan, path: PurePath | str) -> TrustPlan:
+    """Return `plan` with the CA_FILE placeholder in its commands and notes replaced by `path`."""
+    quoted = shlex.quote(str(path))
+    return replace(
+        plan,
+        commands=[command.replace(CA_FILE, quoted) for command in plan.commands],
+        notes=[note.replace(CA_FILE, quoted) for note in plan.notes],
     )
 
 

@@ -176,10 +176,27 @@ def check_presented(fetched: Fetched, host: str) -> None:
     if verdict:
         raise GatewayError(
             f"The certificate {fetched.authority} presented does not cover {host!r} "
-            f"({text}), so nothing was written. Connect by a name the certificate "
-            "holds, or on the gateway host add it: registry-gateway certs issue --force "
-            f"{host} ..."
+            f"({text}), so nothing was written. {_add_name_fix(leaf, host)}"
         )
+
+
+def _add_name_fix(leaf: x509.Certificate, host: str) -> str:
+    """Return the fix that adds `host` to the gateway's certificate and keeps its other names.
+
+    `certs issue --force NAME` alone would issue a leaf for that one name and
+    break every client that connects by another.
+    """
+    dns_names, addresses = certs.san_names(leaf)
+    current = [*dns_names, *addresses]
+    names = " ".join([*current, host])
+    name_options = " ".join(f"--name {name}" for name in [*current, host])
+    return (
+        "Connect by a name the certificate contains, or add the name on the gateway "
+        f"host: restart the gateway with it added, registry-gateway serve ... "
+        f"{name_options} (serve reissues its leaf keeping every old name), or issue "
+        "the leaf with the full list, the certificate's current names and the new "
+        f"one: registry-gateway certs issue --force {names}"
+    )
 
 
 def warnings_for(fetched: Fetched, port: int | None) -> list[str]:
@@ -240,8 +257,39 @@ def _rootless_podman(plan: export.TrustPlan) -> export.TrustPlan:
     return replace(plan, title="rootless podman, buildah and skopeo", files=files, notes=[])
 
 
+def check_shared_files(plans: list[export.TrustPlan], root: Path, fingerprint: str | None) -> None:
+    """Raise if a config file that may list other registries exists under `root` and differs.
+
+    Such a file (containerd's hosts.toml) can hold the user's mirrors, comments and
+    settings such as override_path, so it is merged by hand, never replaced.
+    `fingerprint` is the one the user gave with --fingerprint, shown in the fix.
+    """
+    for plan in plans:
+        for trust_file in plan.files:
+            path = export.local_path(root, trust_file.target)
+            if not trust_file.shared or not path.is_file():
+                continue
+            if path.read_bytes() == trust_file.content:
+                continue
+            ca_file = PurePosixPath(plan.files[0].target)
+            shown = fingerprint or "SHA256"
+            raise GatewayError(
+                f"The file {str(path)!r} already exists and differs from the one trust "
+                "writes, and it may configure other registries or mirrors, so nothing "
+                f"was written. Add the CA to its [host.\"https://{plan.authority}\"] "
+                f"table by hand (ca = \"{ca_file}\"), or merge it with: "
+                f"registry-gateway snippet {plan.client} {plan.authority} --ca CA --merge "
+                f"{path} --write. Here CA is the gateway's CA file: registry-gateway "
+                f"trust {plan.authority} --fingerprint {shown} --for {plan.client} --out "
+                f"DIR writes it to DIR{ca_file}."
+            )
+
+
 def write(plans: list[export.TrustPlan], root: Path) -> list[list[export.WrittenFile]]:
-    """Write each plan under `root`: identical files stay, different ones move to a backup."""
+    """Write each plan under `root`: identical files stay, different ones move to a backup.
+
+    Call `check_shared_files` first, because this replaces shared files too.
+    """
     written = []
     for plan in plans:
         try:

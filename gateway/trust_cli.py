@@ -120,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if root is None:
         return _dry_run(fetched, plans, target, args.timeout)
+    fingerprint = trust.colon_form(args.fingerprint) if args.fingerprint else None
+    trust.check_shared_files([plan for _, plan in plans], root, fingerprint)
     if args.fingerprint is None and not args.yes:
         _confirm(fetched)
     ca_files = _write(plans, root, args.install)
@@ -158,10 +160,15 @@ def _root(args: argparse.Namespace) -> Path | None:
 
 
 def _first_use_note(authority: str) -> str:
+    # The status page comes from the server being checked, so a server in the
+    # middle would show its own fingerprint there: only the gateway host is proof.
     return (
-        "No --fingerprint was given, so this trusts on first use: compare the "
-        "fingerprint above with the one registry-gateway serve printed on the gateway "
-        f"host, or with its status page https://{authority}/_gateway/."
+        "No --fingerprint was given, so this trusts on first use. Compare the "
+        "fingerprint above with the one shown on the gateway host itself: the line "
+        "registry-gateway serve printed at start-up, or the output of "
+        "registry-gateway certs show --dir DIR run there. Do not compare it with the "
+        f"status page https://{authority}/_gateway/, because that page comes from the "
+        "same server this command connected to."
     )
 
 
@@ -187,12 +194,16 @@ def _write(plans: Plans, root: Path, install: bool) -> list[Path]:
     for (_client, plan), written in zip(plans, trust.write([p for _, p in plans], root)):
         print(f"{plan.title}, for {plan.authority}:")
         for item in written:
-            if item.backup is not None:
-                print(f"  Moved the old file to {str(item.backup)!r}.")
-            verb = "Unchanged" if item.unchanged else "Wrote"
             real = f" (for {item.target})" if str(item.path) != str(item.target) else ""
+            if item.backup is not None:
+                print(
+                    f"  Replaced {str(item.path)!r}{real}. The old file differed, so it "
+                    f"was moved to the backup {str(item.backup)!r}."
+                )
+                continue
+            verb = "Unchanged" if item.unchanged else "Wrote"
             print(f"  {verb} {str(item.path)!r}{real}")
-        _print_steps(plan)
+        _print_steps(export.with_ca_file(plan, written[0].path))
         ca_files.append(written[0].path)
     return ca_files
 
@@ -214,7 +225,7 @@ def _dry_run(
         print(f"{plan.title} would read the CA for {plan.authority} from:")
         for trust_file in plan.files:
             print(f"  {trust_file.target}")
-        _print_steps(plan)
+        _print_steps(export.with_ca_file(plan, plan.files[0].target))
     with tempfile.TemporaryDirectory(prefix="registry-gateway-trust-") as folder:
         ca_file = Path(folder, "ca.crt")
         ca_file.write_bytes(certs.cert_pem(fetched.ca))

@@ -143,8 +143,10 @@ def test_system_store_commands(ca_dir, capsys):
     assert "/usr/local/share/ca-certificates/registry-gateway-registry.example_5000.crt" in out
     assert "Then run: update-ca-certificates" in out
     assert "Then run: update-ca-trust" in out
-    assert "Import-Certificate -FilePath ca.crt -CertStoreLocation Cert:\\LocalMachine\\Root" in out
-    assert "security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain" in out
+    ca_path = ca_dir / "ca.crt"
+    assert f"Import-Certificate -FilePath {ca_path} -CertStoreLocation Cert:\\LocalMachine\\Root" in out
+    assert f"security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {ca_path}" in out
+    assert "CA_FILE" not in out
 
 
 def test_rejects_leaf_as_ca(ca_dir, tmp_path, capsys):

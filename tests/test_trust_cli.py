@@ -161,6 +161,11 @@ def test_yes_skips_question(gateway_process, tmp_path, capsys, monkeypatch):
     assert status == 0, err
     assert "[y/N]" not in out
     assert "Note: No --fingerprint was given, so this trusts on first use" in out
+    assert "Compare the fingerprint above with the one shown on the gateway host itself" in out
+    assert "registry-gateway serve printed at start-up" in out
+    assert "registry-gateway certs show --dir DIR run there" in out
+    assert f"Do not compare it with the status page https://{authority}/_gateway/" in out
+    assert "or with its status page" not in out
     assert files_under(tmp_path) == [f"etc/docker/certs.d/{authority}/ca.crt"]
 
 
@@ -203,9 +208,63 @@ def test_install_backs_up_different_file(gateway_process, local_ca, ca_hex, tmp_
     backups = list(docker_ca.parent.glob("ca.crt.bak-*"))
     assert len(backups) == 1
     assert backups[0].read_text() == "an old CA\n"
-    assert f"  Moved the old file to {str(backups[0])!r}." in third[1]
+    assert (
+        f"  Replaced {str(docker_ca)!r} (for /etc/docker/certs.d/{authority}/ca.crt). The "
+        f"old file differed, so it was moved to the backup {str(backups[0])!r}."
+    ) in third[1]
     assert docker_ca.read_bytes() == (local_ca / certs.CA_CERT).read_bytes()
     assert "containerd/ctr: would succeed" in third[1]
+
+
+USER_HOSTS_TOML = """# The corporate mirror first, then the registry itself.
+server = "https://{authority}"
+
+[host."https://mirror.corp.example"]
+  capabilities = ["pull", "resolve"]
+  override_path = true
+"""
+
+
+def test_install_keeps_user_hosts_toml(gateway_process, ca_hex, tmp_path, capsys):
+    """A different hosts.toml is the user's: trust exits 1, writes nothing, names the merge command."""
+    authority = f"127.0.0.1:{gateway_process.port}"
+    folder = tmp_path / "etc/containerd/certs.d" / authority
+    folder.mkdir(parents=True)
+    hosts = folder / "hosts.toml"
+    hosts.write_text(USER_HOSTS_TOML.format(authority=authority))
+    status, out, err = run_cli(
+        capsys, "trust", authority, "--fingerprint", ca_hex, "--for", "containerd",
+        "--install", "--root", str(tmp_path),
+    )
+    colon = ":".join(ca_hex[i : i + 2] for i in range(0, 64, 2)).upper()
+    assert status == 1
+    assert err.startswith(f"Error: The file {str(hosts)!r} already exists and differs")
+    assert "may configure other registries or mirrors, so nothing was written" in err
+    assert f"registry-gateway snippet containerd {authority} --ca CA --merge {hosts} --write" in err
+    assert f"registry-gateway trust {authority} --fingerprint {colon} --for containerd --out DIR" in err
+    assert f"DIR/etc/containerd/certs.d/{authority}/ca.crt" in err
+    assert hosts.read_text() == USER_HOSTS_TOML.format(authority=authority)
+    assert files_under(tmp_path) == [f"etc/containerd/certs.d/{authority}/hosts.toml"]
+    assert "Wrote" not in out
+
+
+def test_install_backup_of_ca_printed(gateway_process, local_ca, ca_hex, tmp_path, capsys):
+    """A different containerd ca.crt beside trust's own hosts.toml is replaced, naming the backup."""
+    authority = f"127.0.0.1:{gateway_process.port}"
+    args = ("trust", authority, "--fingerprint", ca_hex, "--for", "containerd", "--install", "--root", str(tmp_path))
+    first = run_cli(capsys, *args)
+    ca_file = tmp_path / "etc/containerd/certs.d" / authority / "ca.crt"
+    ca_file.write_text("an old CA\n")
+    second = run_cli(capsys, *args)
+    backups = list(ca_file.parent.glob("ca.crt.bak-*"))
+    assert first[0] == 0, first[2]
+    assert second[0] == 0, second[2]
+    assert len(backups) == 1
+    assert backups[0].read_text() == "an old CA\n"
+    assert f"  Replaced {str(ca_file)!r} (for /etc/containerd/certs.d/{authority}/ca.crt)" in second[1]
+    assert f"was moved to the backup {str(backups[0])!r}." in second[1]
+    assert f"  Unchanged {str(ca_file.parent / 'hosts.toml')!r}" in second[1]
+    assert ca_file.read_bytes() == (local_ca / certs.CA_CERT).read_bytes()
 
 
 def test_root_needs_install(capsys):
@@ -269,6 +328,22 @@ def test_name_not_covered_writes_nothing(tmp_path, capsys):
     assert f"The certificate 127.0.0.1:{server.port} presented does not cover '127.0.0.1'" in err
     assert "x509: cannot validate certificate for 127.0.0.1 because it doesn't contain any IP SANs" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_name_not_covered_keeps_names(tmp_path, capsys):
+    """The fix for a missing name keeps the certificate's names: serve --name, or issue with all."""
+    ca_cert, ca_key = new_ca(tmp_path / "ca")
+    leaf, key = issue(ca_cert, ca_key, ["localhost", "registry.example"])
+    cert_path, key_path = write_pair(tmp_path, "registry", [leaf, ca_cert], key)
+    with tls_registry(cert_path, key_path, tmp_path / "registry") as server:
+        status, _, err = run_cli(
+            capsys, "trust", f"127.0.0.1:{server.port}", "--yes", "--out", str(tmp_path / "out")
+        )
+    assert status == 1
+    assert "registry-gateway serve ... --name localhost --name registry.example --name 127.0.0.1" in err
+    assert "serve reissues its leaf keeping every old name" in err
+    assert err.rstrip().endswith("registry-gateway certs issue --force localhost registry.example 127.0.0.1")
+    assert "certs issue --force 127.0.0.1 ..." not in err
 
 
 # Servers that are not ours: no /_gateway/ca.crt.
@@ -421,6 +496,36 @@ def test_desktop_docker_uses_system_store(gateway_process, ca_hex, tmp_path, cap
     ]
     assert "Then run: security add-trusted-cert -d -r trustRoot" in out
     assert "docker: would succeed" in out
+
+
+def test_desktop_commands_name_written_file(gateway_process, ca_hex, tmp_path, capsys):
+    """The Windows and macOS import commands name the CA file trust wrote, not a bare ca.crt."""
+    authority = authority_of(gateway_process)
+    status, out, err = run_cli(
+        capsys, "trust", authority, "--fingerprint", ca_hex, "--for", "docker",
+        "--platform", "desktop", "--out", str(tmp_path),
+    )
+    written = tmp_path / f"usr/local/share/ca-certificates/registry-gateway-localhost_{gateway_process.port}.crt"
+    assert status == 0, err
+    assert f"Then run: Import-Certificate -FilePath {written} -CertStoreLocation" in out
+    assert f"-k /Library/Keychains/System.keychain {written}   # macOS" in out
+    assert " ca.crt " not in out
+    assert "CA_FILE" not in out
+
+
+def test_windows_note_names_export_command(gateway_process, ca_hex, tmp_path, capsys):
+    """The Docker Desktop note names the certs export command with the CA file written."""
+    authority = authority_of(gateway_process)
+    status, out, err = run_cli(
+        capsys, "trust", authority, "--fingerprint", ca_hex, "--platform", "windows",
+        "--for", "docker", "--out", str(tmp_path),
+    )
+    written = tmp_path / "C/ProgramData/docker/certs.d" / authority.replace(":", "") / "ca.crt"
+    assert status == 0, err
+    assert (
+        f"registry-gateway certs export --host {authority} --for system --ca {written} prints"
+    ) in out
+    assert "(--for system" not in out
 
 
 def test_subprocess_prompt_from_pipe(gateway_process, tmp_path):
