@@ -62,6 +62,7 @@ CLOSED = "CLOSED_WITHOUT_REPLY"
 RESET = "CONNECTION_RESET"
 SILENT = "NO_REPLY"
 AUTH_REALM_PROBLEM = "AUTH_REALM_PROBLEM"
+CLIENT_CERT_REQUIRED = "CLIENT_CERTIFICATE_REQUIRED"
 REFUSED = "CONNECTION_REFUSED"
 UNREACHABLE = "UNREACHABLE"
 TIMEOUT = "CONNECT_TIMEOUT"
@@ -85,6 +86,7 @@ VERDICT_TITLES = {
     RESET: "connection reset by the server",
     SILENT: "no reply to the TLS ClientHello",
     AUTH_REALM_PROBLEM: "auth realm problem",
+    CLIENT_CERT_REQUIRED: "TLS client certificate required",
     REFUSED: "connection refused",
     UNREACHABLE: "address unreachable",
     TIMEOUT: "connect timed out",

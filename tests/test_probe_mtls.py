@@ -1,0 +1,121 @@
+"""The probe against servers that require a TLS client certificate (mTLS)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+
+import pytest
+
+from gateway import certs, lab, probe, trust
+from tests import probe_support as support
+from tests.probe_support import make_ca, make_leaf, prediction, run_probe
+
+IMAGE = "rig/test:v1"
+
+
+@pytest.fixture(scope="module")
+def mtls_gateway(registry, local_ca, tmp_path_factory):
+    """`registry-gateway serve` with tls.client_ca set to the local CA."""
+    config = tmp_path_factory.mktemp("mtls") / "gateway.toml"
+    config.write_text(f'[tls]\nclient_ca = "{local_ca / certs.CA_CERT}"\n')
+    process = lab.GatewayProcess(
+        [
+            "--config", str(config),
+            "--listen", "127.0.0.1:0",
+            "--upstream", registry.url,
+            "--certs-dir", str(local_ca),
+        ]
+    ).start()
+    yield process
+    process.stop()
+
+
+def test_gateway_mtls_verdict(mtls_gateway, local_ca):
+    report = run_probe(mtls_gateway.addresses[0], ca=[local_ca / certs.CA_CERT])
+    assert report.verdict == probe.CLIENT_CERT_REQUIRED
+    assert report.side == "client"
+    assert not report.ok
+    assert all(not c.ok for c in report.clients)
+    assert "requires a TLS client certificate" in report.summary
+
+
+def test_gateway_mtls_no_login_note(mtls_gateway, local_ca):
+    report = run_probe(mtls_gateway.addresses[0], ca=[local_ca / certs.CA_CERT])
+    texts = [f.text for f in report.findings]
+    assert not any("docker login" in text for text in texts), texts
+
+
+def test_gateway_mtls_fixes(mtls_gateway, local_ca):
+    address = mtls_gateway.addresses[0]
+    report = run_probe(address, ca=[local_ca / certs.CA_CERT])
+    commands = [fix.command for fix in report.fixes]
+    texts = " ".join(fix.text for fix in report.fixes)
+    assert "registry-gateway certs issue-client NAME" in commands
+    assert f"/etc/docker/certs.d/{address}/" in texts
+    assert f"/etc/containers/certs.d/{address}/" in texts
+    assert "client.cert" in texts
+    assert "client.key" in texts
+
+
+@pytest.mark.skipif(not support.have_skopeo(), reason="skopeo is not installed")
+def test_gateway_mtls_skopeo_parity(mtls_gateway, local_ca, tmp_path):
+    address = mtls_gateway.addresses[0]
+    report = run_probe(address, ca=[local_ca / certs.CA_CERT])
+    trust_dir = tmp_path / "trust"
+    trust_dir.mkdir()
+    shutil.copy(local_ca / certs.CA_CERT, trust_dir / "ca.crt")
+    real = support.skopeo_inspect(f"{address}/{IMAGE}", trust_dir)
+    assert prediction(report, "podman").core == real
+
+
+def test_trust_verify_mtls_fails(mtls_gateway, local_ca):
+    """`trust` reuses the probe: without a client certificate no client succeeds."""
+    target = probe.parse_target(mtls_gateway.addresses[0])
+    for client in ("docker", "containerd", "podman"):
+        outcome = trust.verify(target, client, local_ca / certs.CA_CERT, 3.0)
+        assert not outcome.ok, client
+    podman = trust.verify(target, "podman", local_ca / certs.CA_CERT, 3.0)
+    assert "requires a TLS client certificate" in podman.message
+
+
+def test_cli_json_mtls(mtls_gateway, local_ca):
+    status, out, _ = support.cli(
+        mtls_gateway.addresses[0], "--ca", str(local_ca / certs.CA_CERT), "--json"
+    )
+    data = json.loads(out)
+    assert status == 1
+    assert data["verdict"] == "CLIENT_CERTIFICATE_REQUIRED"
+    assert data["side"] == "client"
+    assert data["ok"] is False
+
+
+def test_tls13_certificate_required_alert(tmp_path):
+    """A TLS 1.3 server that requires a client certificate alerts after the handshake."""
+    root = make_ca("mTLS test root")
+    leaf = make_leaf(root, ["127.0.0.1", "localhost"])
+    cert_path, key_path = support.write_pair(tmp_path / "server", [leaf.cert], leaf.key)
+    ca_path = support.write_trust(tmp_path / "trust", root.cert) / "ca.crt"
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+    context.load_verify_locations(ca_path)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    with support.RawServer("tls-alert", context) as server:
+        reference = f"localhost:{server.port}"
+        report = run_probe(reference, ca=[ca_path])
+        real = ""
+        if support.have_skopeo():
+            real = support.skopeo_inspect(f"{reference}/{IMAGE}", ca_path.parent)
+    assert report.verdict == probe.CLIENT_CERT_REQUIRED
+    assert report.go_error == "remote error: tls: certificate required"
+    assert not report.ok
+    assert "TLS alert 'remote error: tls: certificate required'" in report.summary
+    podman = prediction(report, "podman")
+    assert podman.core.endswith(": remote error: tls: certificate required")
+    if real:
+        assert podman.core == real
+    for step in report.steps:
+        assert "_ssl.c" not in step.detail, step
+        assert "[Errno" not in step.detail, step
