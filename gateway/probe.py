@@ -300,4 +300,12 @@ def run(target: Target, options: Options) -> Report:
         probe_push.run(report, options)
     clients.predict(report, options)
     report.fixes += verdicts.client_fixes(report, options)
+    if not report.side and not report.ok:
+        # The transport works, but a client fails for a rule of its own (ctr's plain
+        # HTTP to loopback, which a client fix covers) or a --push-check finding
+        # is an Error (the registry or the proxy in front of it).
+        if any(not c.ok for c in report.clients):
+            report.side = report.fixes[0].side if report.fixes else "client"
+        else:
+            report.side = "registry"
     return report
