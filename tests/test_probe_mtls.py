@@ -119,3 +119,19 @@ def test_tls13_certificate_required_alert(tmp_path):
     for step in report.steps:
         assert "_ssl.c" not in step.detail, step
         assert "[Errno" not in step.detail, step
+
+
+def test_bad_certificate_alert_first():
+    """A server that answers the ClientHello with a bad_certificate alert (Go's TLS 1.2 form)."""
+    with support.RawServer("bad-certificate-alert") as server:
+        reference = f"localhost:{server.port}"
+        report = run_probe(reference)
+        real = support.skopeo_inspect(f"{reference}/{IMAGE}") if support.have_skopeo() else ""
+    assert report.verdict == probe.CLIENT_CERT_REQUIRED
+    assert report.go_error == "remote error: tls: bad certificate"
+    assert report.side == "client"
+    assert not report.ok
+    podman = prediction(report, "podman")
+    assert podman.core.endswith(": remote error: tls: bad certificate")
+    if real:
+        assert podman.core == real
