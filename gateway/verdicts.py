@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 
-from gateway import clients, probe
+from gateway import clients, probe, probe_tls
 from gateway.probe import Finding, Fix, Report
 
 GATEWAY_PORT = 5443
@@ -16,8 +16,9 @@ TRANSPORT_VERDICTS = {
     "reset": probe.RESET,
     "silence": probe.SILENT,
 }
-# Go's texts for the alerts a server sends when the client offers no certificate:
-# TLS 1.3 servers send certificate_required, Go's TLS 1.2 server bad_certificate.
+# Go's texts for the alerts a server sends when the client offers no certificate.
+# OpenSSL's TLS 1.3 servers send certificate_required, and the Go 1.19 servers
+# (the distribution registry 2.8) send bad_certificate, in TLS 1.3 and 1.2.
 CLIENT_CERT_ALERTS = (
     "remote error: tls: certificate required",
     "remote error: tls: bad certificate",
@@ -63,6 +64,9 @@ def _decide_transport(report: Report) -> None:
     kind = evidence.get("first_bytes_kind", "")
     tls_step = next(s for s in report.steps if s.name == "tls")
     v2 = evidence.get("v2", {})
+    if kind == "tls-handshake" and tls_step.status == "failed":
+        _decide_failed_handshake(report, tls_step.go_error)
+        return
     if kind == "tls-handshake":
         report.scheme = "https"
         cert_verdict = evidence.get("cert_verdict", probe.TLS_OK)
@@ -96,11 +100,29 @@ def _decide_transport(report: Report) -> None:
     report.verdict = TRANSPORT_VERDICTS.get(kind, probe.CLOSED)
 
 
+def _decide_failed_handshake(report: Report, go_error: str) -> None:
+    """Decide a handshake that began with a TLS record and then failed.
+
+    A TLS 1.2 server that checks the client certificate sends its alert here,
+    after its ServerHello.
+    """
+    report.go_error = go_error
+    if go_error in CLIENT_CERT_ALERTS:
+        report.scheme = "https"
+        report.verdict = probe.CLIENT_CERT_REQUIRED
+    elif go_error == "EOF":
+        report.verdict = probe.CLOSED
+    elif go_error == probe_tls.HANDSHAKE_TIMEOUT:
+        report.verdict = probe.SILENT
+    else:
+        report.verdict = probe.TLS_ALERT
+
+
 def client_certificate_required(report: Report) -> bool:
     """Return whether `GET /v2/` failed for want of a TLS client certificate.
 
-    Two forms count: a TLS alert after the handshake (TLS 1.3 servers check the
-    client certificate after their Finished), and registry-gateway's 401 with
+    Two forms count: a TLS alert after the handshake (a TLS 1.3 server checks
+    the client certificate after its Finished), and registry-gateway's 401 with
     the registry-JSON error and no WWW-Authenticate challenge.
     """
     v2 = report.evidence.get("v2", {})

@@ -288,8 +288,8 @@ class RawServer:
             conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
             conn.close()
         elif self.behaviour == "bad-certificate-alert":
-            # The alert record Go's TLS 1.2 server sends a client without a
-            # certificate: level fatal (2), description bad_certificate (42).
+            # The alert Go's servers send a client without a certificate, as the
+            # first record: level fatal (2), description bad_certificate (42).
             conn.settimeout(2)
             try:
                 conn.recv(65536)

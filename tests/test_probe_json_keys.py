@@ -28,7 +28,7 @@ def documented_keys() -> set[str]:
 def evidence_keys(evidence: dict) -> set[str]:
     """Flatten the evidence into `key`, `parent.key` and `list[].key` names.
 
-    One level deep only, because `auth.params` holds the challenge's own names.
+    One level deep only, because `auth.params` contains the challenge's own names.
     """
     keys = set()
     for key, value in evidence.items():
