@@ -12,6 +12,7 @@ import pytest
 
 from gateway import certs, lab, probe, trust
 from tests import probe_support as support
+from tests.certs_support import run_cli
 from tests.probe_support import make_ca, make_leaf, prediction, run_probe
 
 IMAGE = "rig/test:v1"
@@ -208,3 +209,18 @@ def test_tls12_handshake_failure_alert(tmp_path):
     assert not report.ok
     if real:
         assert prediction(report, "podman").core == real
+
+
+def test_trust_cli_mtls_would_fail(mtls_gateway, local_ca, tmp_path, capsys):
+    """`trust` writes the CA, then reports that podman still fails without a client pair."""
+    ca = certs.load_certs(local_ca / certs.CA_CERT)[0]
+    fingerprint = certs.fingerprint(ca).replace(":", "").lower()
+    authority = f"localhost:{mtls_gateway.port}"
+    status, out, err = run_cli(
+        capsys, "trust", authority, "--fingerprint", fingerprint,
+        "--for", "podman", "--out", str(tmp_path),
+    )
+    assert status == 1
+    assert "would succeed" not in out
+    assert "podman/skopeo: would still fail" in out
+    assert "requires a TLS client certificate" in out
