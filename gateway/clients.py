@@ -161,6 +161,13 @@ def predict_podman(report: Report) -> Prediction:
         core = f"{ping}: {_v2_failure(report)}"
     elif report.verdict == probe.AUTH_REALM_PROBLEM:
         core = realm_error(report)
+    elif report.verdict == probe.CLIENT_CERT_REQUIRED:
+        # containers/image accepts a 401 ping and fails on the manifest (skopeo 1.9.3
+        # against registry-gateway with tls.client_ca, checked by the tests).
+        core = (
+            f"reading manifest {report.tag} in {target.reference}/{report.repository}: "
+            f"{client_cert_error(report)}"
+        )
     else:
         rule = (
             "needs `podman login` first"
@@ -212,7 +219,20 @@ def predict_docker(report: Report) -> Prediction:
             core,
             unverified=True,
         )
+    if report.verdict == probe.CLIENT_CERT_REQUIRED:
+        # NOTE: worded after the registry's error; not checked against dockerd.
+        core = client_cert_error(report)
+        message = f"Error response from daemon: {core}"
+        return Prediction("docker", False, message, url, rule, core, unverified=True)
     return _docker_ok(report, url, rule)
+
+
+def client_cert_error(report: Report) -> str:
+    """Return the registry's `unauthorized: MESSAGE` text for a missing client certificate."""
+    from gateway import verdicts
+
+    message = verdicts.registry_error_message(report.evidence.get("v2", {}))
+    return f"unauthorized: {message}"
 
 
 def _docker_realm_error(report: Report) -> str:
@@ -266,6 +286,17 @@ def _docker_insecure(report: Report) -> Prediction:
             core,
             unverified=True,
         )
+    if verdict == probe.CLIENT_CERT_REQUIRED:
+        # dockerd sends no client certificate to an insecure registry, then falls
+        # back to plain HTTP on the TLS port; the exact last line was not checked.
+        return Prediction(
+            "docker",
+            False,
+            f'Error response from daemon: Get "{http_url}": ...',
+            http_url,
+            rule + "; dockerd sends no client certificate to an insecure registry",
+            unverified=True,
+        )
     if report.scheme in ("https", "http") and report.evidence.get("v2", {}).get(
         "is_registry"
     ):
@@ -309,7 +340,11 @@ def predict_ctr(report: Report) -> Prediction:
     if error:
         core = f'failed to do request: Head "{url}": {error}'
         return Prediction("containerd", False, f"{prefix}: {core}", url, rule, core)
-    if report.verdict in (probe.NOT_A_REGISTRY, probe.AUTH_REALM_PROBLEM):
+    if report.verdict in (
+        probe.NOT_A_REGISTRY,
+        probe.AUTH_REALM_PROBLEM,
+        probe.CLIENT_CERT_REQUIRED,
+    ):
         return Prediction(
             "containerd", False, f"{prefix}: ...", url, rule, unverified=True
         )

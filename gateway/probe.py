@@ -62,6 +62,7 @@ CLOSED = "CLOSED_WITHOUT_REPLY"
 RESET = "CONNECTION_RESET"
 SILENT = "NO_REPLY"
 AUTH_REALM_PROBLEM = "AUTH_REALM_PROBLEM"
+CLIENT_CERT_REQUIRED = "CLIENT_CERTIFICATE_REQUIRED"
 REFUSED = "CONNECTION_REFUSED"
 UNREACHABLE = "UNREACHABLE"
 TIMEOUT = "CONNECT_TIMEOUT"
@@ -85,6 +86,7 @@ VERDICT_TITLES = {
     RESET: "connection reset by the server",
     SILENT: "no reply to the TLS ClientHello",
     AUTH_REALM_PROBLEM: "auth realm problem",
+    CLIENT_CERT_REQUIRED: "TLS client certificate required",
     REFUSED: "connection refused",
     UNREACHABLE: "address unreachable",
     TIMEOUT: "connect timed out",
@@ -298,4 +300,12 @@ def run(target: Target, options: Options) -> Report:
         probe_push.run(report, options)
     clients.predict(report, options)
     report.fixes += verdicts.client_fixes(report, options)
+    if not report.side and not report.ok:
+        # The transport works, but a client fails for a rule of its own (ctr's plain
+        # HTTP to loopback, which a client fix covers) or a --push-check finding
+        # is an Error (the registry or the proxy in front of it).
+        if any(not c.ok for c in report.clients):
+            report.side = report.fixes[0].side if report.fixes else "client"
+        else:
+            report.side = "registry"
     return report

@@ -117,6 +117,13 @@ RULES = [
         "client",
     ),
     Rule(
+        r"Client\.Timeout exceeded while awaiting headers",
+        probe.TIMEOUT,
+        "The client's HTTP timeout ran out (Go net/http Client.Timeout): no connection came up in time, or the server accepted the request and sent no response headers, as a stalled registry or proxy does.",
+        "Check the route and firewall to {authority}, and whether the registry or a proxy in front of it hangs: registry-gateway probe {authority}",
+        "registry",
+    ),
+    Rule(
         r"i/o timeout|TLS handshake timeout|context deadline exceeded",
         probe.TIMEOUT,
         "The connection or the TLS handshake timed out: a firewall drops the packets, or the server accepts and never answers.",
@@ -333,6 +340,11 @@ def run(text: str, args: argparse.Namespace, options: probe.Options) -> int:
     return 1
 
 
+def client_label(client: str) -> str:
+    """Name the client in a sentence: `docker`, or `an unknown client` when the text does not tell."""
+    return "an unknown client" if client == "unknown" else client
+
+
 def render(explanation: Explanation, probed: bool) -> str:
     if not explanation.recognised:
         where = (
@@ -347,7 +359,7 @@ def render(explanation: Explanation, probed: bool) -> str:
         else "(no address in the text)"
     )
     lines = [
-        f"Recognised: {explanation.matched!r} from {explanation.client}, for {authority}.",
+        f"Recognised: {explanation.matched!r} from {client_label(explanation.client)}, for {authority}.",
         f"  URL: {explanation.url or '(none in the text)'}",
         f"  Meaning: {explanation.meaning}",
         f"  Fix ({explanation.side}): {explanation.fix}",

@@ -29,6 +29,27 @@ CHALLENGE_PARAM = re.compile(
 )
 
 
+def error_text(exc: Exception) -> str:
+    """Describe a failed request in plain words, without errno or OpenSSL source tags.
+
+    Python's texts such as `[Errno 104] Connection reset by peer` and
+    `[SSL: ...] ... (_ssl.c:2580)` become `connection reset by peer` and the
+    alert or reason in Go's words.
+    """
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or ""
+        if "ALERT_" in reason.upper():
+            return f"the server sent the TLS alert {probe_tls.alert_text(exc)!r}"
+        if reason:
+            return f"TLS failed: {reason.replace('_', ' ').lower()}"
+        return f"TLS failed: {type(exc).__name__}"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
+
+
 def parse_www_authenticate(value: str) -> tuple[str, dict[str, str]]:
     """Split a challenge such as `Bearer realm="https://a/token",service="x"` into scheme and params."""
     scheme, _, rest = value.strip().partition(" ")
@@ -83,7 +104,12 @@ def http_request(
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
         try:
             sock.sendall(head + body)
-        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+        except ssl.SSLError as exc:
+            # A TLS alert (such as certificate_required) is the server's answer,
+            # and reading the response would turn it into a bare EOF.
+            if "ALERT_" in (exc.reason or "").upper():
+                raise
+        except (BrokenPipeError, ConnectionResetError):
             pass
         response = http.client.HTTPResponse(sock, method=method)
         response.begin()
@@ -121,10 +147,14 @@ def get_v2(report: Report, address: str, use_tls: bool, options: probe.Options) 
             address, target.host, target.port, use_tls, options.timeout
         )
     except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
-        report.step(
-            "v2", "failed", f"GET {url} failed: {exc}.", options.timeout, started
-        )
-        report.evidence["v2"] = {"url": url, "error": str(exc)}
+        v2 = {"url": url, "error": error_text(exc)}
+        if isinstance(exc, ssl.SSLError) and "ALERT_" in (exc.reason or "").upper():
+            # A TLS 1.3 server checks the client certificate after the handshake,
+            # so its alert arrives with the first read of the response.
+            v2["tls_alert"] = probe_tls.alert_text(exc)
+        detail = f"GET {url} failed: {v2['error']}."
+        report.step("v2", "failed", detail, options.timeout, started)
+        report.evidence["v2"] = v2
         return
 
     api_version = headers.get(API_VERSION_HEADER.lower(), "")
@@ -162,10 +192,10 @@ def plain_http_on_tls_port(report: Report, address: str, timeout: float) -> None
             address, target.host, target.port, False, timeout
         )
     except (OSError, http.client.HTTPException) as exc:
-        detail = f"Plain HTTP to the TLS port got no HTTP reply ({exc or type(exc).__name__})."
+        detail = f"Plain HTTP to the TLS port got no HTTP reply ({error_text(exc)})."
         report.evidence["plain_http_reply"] = {
             "server": "unknown",
-            "error": str(exc) or type(exc).__name__,
+            "error": error_text(exc),
         }
         report.step("plain-http", "ok", detail, timeout, started)
         return
@@ -285,6 +315,6 @@ def fetch_token(
             path,
         )
     except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
-        auth["realm_go_error"] = str(exc)
+        auth["realm_go_error"] = error_text(exc)
         return
     auth["realm_status"] = status

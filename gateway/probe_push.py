@@ -106,7 +106,7 @@ def check_upload(report: Report, options: probe.Options) -> None:
         report.step(
             "upload",
             "failed",
-            f"POST {request_url} failed: {exc}.",
+            f"POST {request_url} failed: {probe_http.error_text(exc)}.",
             options.timeout,
             started,
         )
@@ -156,8 +156,8 @@ def send_chunk(report: Report, options: probe.Options, url: str) -> None:
             body=bytes(CHUNK_SIZE),
         )
     except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
-        upload["chunk_error"] = str(exc)
-        text = f"PATCH of a {CHUNK_SIZE}-byte chunk to {url} failed: {exc}."
+        upload["chunk_error"] = probe_http.error_text(exc)
+        text = f"PATCH of a {CHUNK_SIZE}-byte chunk to {url} failed: {upload['chunk_error']}."
         report.findings.append(Finding("Error", text))
         return
 
@@ -206,7 +206,11 @@ def check_manifest(report: Report, options: probe.Options) -> None:
         )
     except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
         report.step(
-            "manifest", "failed", f"GET {url} failed: {exc}.", options.timeout, started
+            "manifest",
+            "failed",
+            f"GET {url} failed: {probe_http.error_text(exc)}.",
+            options.timeout,
+            started,
         )
         return
     digest = "sha256:" + hashlib.sha256(body).hexdigest()

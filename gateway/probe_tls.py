@@ -264,7 +264,7 @@ class Handshake:
             except ssl.SSLError as exc:
                 self.report.evidence["tls_error"] = str(exc.reason or exc)
                 detail = f"The TLS handshake failed: {exc.reason or exc}."
-                return self.fail("tls-alert", detail, _alert_text(exc))
+                return self.fail("tls-alert", detail, alert_text(exc))
         # A handshake takes a handful of rounds, so this line is not reached.
         detail = "The TLS handshake did not finish."  # pragma: no cover
         return self.fail("silence", detail, HANDSHAKE_TIMEOUT)  # pragma: no cover
@@ -318,7 +318,7 @@ class Handshake:
         return TLSResult("tls-handshake", chain, version, cipher)
 
 
-def _alert_text(exc: ssl.SSLError) -> str:
+def alert_text(exc: ssl.SSLError) -> str:
     """Translate an OpenSSL alert reason into Go's `remote error: tls: ...` text."""
     reason = (exc.reason or "").upper()
     if "ALERT_" not in reason:

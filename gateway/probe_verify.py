@@ -63,6 +63,11 @@ def system_anchors() -> list[Anchor]:
 def check_ca_files(paths: list[Path]) -> None:
     """Raise GatewayError for a --ca file that is missing or holds no certificate."""
     for path in paths:
+        if Path(path).is_dir():
+            raise GatewayError(
+                f"The CA file {str(path)!r} is a directory: pass the CA certificate "
+                "file itself, e.g. certs/ca.crt, or the certs.d root with --cert-dir."
+            )
         if not Path(path).is_file():
             raise GatewayError(
                 f"The CA file {str(path)!r} does not exist: pass the CA certificate "
@@ -78,6 +83,11 @@ def load_anchors(
     anchors = system_anchors() if options.system_trust else []
     sources = ["system store"] if anchors else []
     for path in options.ca_files:
+        if Path(path).is_dir():
+            raise GatewayError(
+                f"The CA file {str(path)!r} is a directory: pass the CA certificate "
+                "file itself, e.g. certs/ca.crt, or the certs.d root with --cert-dir."
+            )
         if not Path(path).is_file():
             raise GatewayError(
                 f"The CA file {str(path)!r} does not exist: pass the CA certificate the clients trust, e.g. certs/ca.crt."

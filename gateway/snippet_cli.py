@@ -2,7 +2,8 @@
 
 Standard output carries only the main file's content, so `> file` works;
 notes, warnings and the reload steps go to standard error. `--json` prints
-the files and commands as data instead.
+the files and commands as data instead, or an `error` object; docs/snippet.md
+lists the fields.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from pathlib import Path
 
 from gateway.client_paths import CLIENTS, PLATFORMS
 from gateway.errors import GatewayError
-from gateway.snippets import Request, Result, image_registry, parse_registry, write_all
+from gateway.snippets import (
+    FileError,
+    Request,
+    Result,
+    image_registry,
+    parse_registry,
+    write_all,
+)
 
 MODULES = {client: f"gateway.snippet_{client}" for client in CLIENTS}
 
@@ -139,10 +147,17 @@ def _check_image(request: Request, result: Result) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    request = build_request(args)
-    result = build(request)
-    if request.write:
-        write_all(result)
+    try:
+        request = build_request(args)
+        result = build(request)
+        if request.write:
+            write_all(result)
+    except GatewayError as exc:
+        # With --json, standard output still carries one JSON object. The `Error:`
+        # line still goes to standard error, and the exit status stays 1.
+        if args.json:
+            print(json.dumps({"error": error_data(exc)}, indent=2))
+        raise
     if args.json:
         print(json.dumps(as_data(request, result), indent=2))
         return 0
@@ -173,6 +188,13 @@ def print_result(request: Request, result: Result) -> None:
             print(f"Note: {output.target} already has this content; left unchanged.", file=sys.stderr)
     for command in result.commands:
         print(f"Note: then run: {command}", file=sys.stderr)
+
+
+def error_data(exc: GatewayError) -> dict:
+    """Return the `--json` error object: file, line and column (null when unknown) and message."""
+    if isinstance(exc, FileError):
+        return exc.to_json()
+    return {"file": None, "line": None, "column": None, "message": str(exc)}
 
 
 def as_data(request: Request, result: Result) -> dict:

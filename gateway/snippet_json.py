@@ -13,8 +13,7 @@ import re
 from dataclasses import dataclass
 from json.decoder import scanstring
 
-from gateway.errors import GatewayError
-from gateway.snippets import SourceFile, line_column
+from gateway.snippets import FileError, SourceFile, line_column
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
@@ -77,24 +76,30 @@ def parse_object(source: SourceFile, what: str) -> JsonObject:
     except json.JSONDecodeError as exc:
         if text.startswith(_COMMENT_STARTS, exc.pos):
             raise _comment_error(source, exc, what) from None
-        raise GatewayError(
+        raise FileError(
             f"{source.path} line {exc.lineno} column {exc.colno}: {exc.msg}, so "
             f"{what} would not start with this file, and it was left unchanged. Fix "
-            "it by hand, or add --repair to print a repaired file to check first."
+            "it by hand, or add --repair to print a repaired file to check first.",
+            source.path,
+            exc.lineno,
+            exc.colno,
         ) from None
     start = _WHITESPACE.match(text, 0).end()
     if text[start] != "{":
         kind = _json_kind(_DECODER.decode(text))
         line, column = line_column(text[:start])
-        raise GatewayError(
+        raise FileError(
             f"{source.path} line {line} column {column}: the file is a JSON {kind}, "
             f"but {what} needs an object ({{...}}) at the top, and the file was left "
-            'unchanged. Wrap the settings in braces, for example {"debug": false}.'
+            'unchanged. Wrap the settings in braces, for example {"debug": false}.',
+            source.path,
+            line,
+            column,
         )
     return _scan_members(text, start)
 
 
-def _comment_error(source: SourceFile, exc: json.JSONDecodeError, what: str) -> GatewayError:
+def _comment_error(source: SourceFile, exc: json.JSONDecodeError, what: str) -> FileError:
     """Return the error for a parse failure at a comment, naming every comment line.
 
     --repair is not offered, because it removes only trailing commas and
@@ -115,11 +120,14 @@ def _comment_error(source: SourceFile, exc: json.JSONDecodeError, what: str) -> 
         others = f", and the comments on lines {', '.join(map(str, other_lines))}"
     else:
         others = ""
-    return GatewayError(
+    return FileError(
         f"{source.path} line {exc.lineno} column {exc.colno}: {what} does not accept "
         "comments in JSON, so it would not start with this file, and the file was left "
         f"unchanged: remove the comment {first_text!r} on line {first_line}{others}, "
-        "then run the command again."
+        "then run the command again.",
+        source.path,
+        exc.lineno,
+        exc.colno,
     )
 
 

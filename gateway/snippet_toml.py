@@ -15,10 +15,11 @@ import tomlkit
 import tomlkit.exceptions
 from tomlkit.toml_document import TOMLDocument
 
-from gateway.errors import GatewayError
-from gateway.snippets import SourceFile
+from gateway.snippets import FileError, SourceFile, line_column
 
 _POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+# tomllib's suffix for an error at the end of the text, in place of a position.
+_AT_END = " (at end of document)"
 
 
 def parse(source: SourceFile, what: str) -> TOMLDocument:
@@ -28,8 +29,11 @@ def parse(source: SourceFile, what: str) -> TOMLDocument:
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         match = _POSITION.search(message)
-        line, column = (match.group(1), match.group(2)) if match else ("?", "?")
+        line, column = (int(match.group(1)), int(match.group(2))) if match else (None, None)
         reason = _POSITION.sub("", message) if match else message
+        if message.endswith(_AT_END):
+            line, column = line_column(source.text)
+            reason = message.removesuffix(_AT_END)
         raise _parse_error(source, line, column, reason, what) from None
     try:
         return tomlkit.parse(source.text)
@@ -37,11 +41,14 @@ def parse(source: SourceFile, what: str) -> TOMLDocument:
         raise _parse_error(source, exc.line, exc.col, str(exc), what) from None
 
 
-def _parse_error(source, line, column, reason, what) -> GatewayError:
-    return GatewayError(
-        f"{source.path} line {line} column {column}: {reason}, so {what} cannot read "
-        "this file, and it was left unchanged. Fix the TOML there and run the "
-        "command again."
+def _parse_error(source, line, column, reason, what) -> FileError:
+    where = f"line {line} column {column}" if line is not None else "(position unknown)"
+    return FileError(
+        f"{source.path} {where}: {reason}, so {what} cannot read this file, and it "
+        "was left unchanged. Fix the TOML there and run the command again.",
+        source.path,
+        line,
+        column,
     )
 
 
@@ -55,13 +62,16 @@ def key_line(source: SourceFile, key: str) -> int:
     return source.text.count("\n", 0, match.start()) + 1 if match else 1
 
 
-def type_error(source: SourceFile, key: str, expected: str, example: str) -> GatewayError:
+def type_error(source: SourceFile, key: str, expected: str, example: str) -> FileError:
     """Return the error for a key whose value has the wrong TOML type."""
     line = key_line(source, key)
-    return GatewayError(
+    return FileError(
         f"{source.path} line {line} column 1: {key!r} must be {expected}, and the "
         f"file was left unchanged: change it to the form {example} and run the "
-        "command again."
+        "command again.",
+        source.path,
+        line,
+        1,
     )
 
 

@@ -281,6 +281,22 @@ def image_registry(reference: str) -> str:
 # --- Reading and writing the user's files --------------------------------------
 
 
+class FileError(GatewayError):
+    """A config file that cannot be used, with the 1-based position of the problem."""
+
+    def __init__(self, message: str, path: Path, line: int | None, column: int | None):
+        super().__init__(message)
+        self.path, self.line, self.column = path, line, column
+
+    def to_json(self) -> dict:
+        return {
+            "file": str(self.path),
+            "line": self.line,
+            "column": self.column,
+            "message": str(self),
+        }
+
+
 @dataclass
 class SourceFile:
     """A user's config file as read: `text` without a UTF-8 BOM, `raw` as on disk."""
@@ -320,10 +336,13 @@ def read_source(path: Path) -> SourceFile:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line, column = line_column(raw[: exc.start].decode("utf-8", "replace"))
-        raise GatewayError(
+        raise FileError(
             f"{path} line {line} column {column}: the byte 0x{raw[exc.start]:02x} is not "
             "UTF-8, and the client reads the file as UTF-8. Save the file as UTF-8 "
-            "(for example iconv -f latin1 -t utf-8) and run the command again."
+            "(for example iconv -f latin1 -t utf-8) and run the command again.",
+            path,
+            line,
+            column,
         ) from None
     bom = text.startswith(_BOM)
     return SourceFile(path, text[1:] if bom else text, raw, exists=True, bom=bom)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 
-from gateway import clients, probe
+from gateway import clients, probe, probe_tls
 from gateway.probe import Finding, Fix, Report
 
 GATEWAY_PORT = 5443
@@ -15,6 +16,16 @@ TRANSPORT_VERDICTS = {
     "reset": probe.RESET,
     "silence": probe.SILENT,
 }
+# Go's texts for the alerts a server sends when the client offers no certificate.
+# OpenSSL's TLS 1.3 servers send certificate_required, and the Go 1.19 servers
+# (the distribution registry 2.8) send bad_certificate, in TLS 1.3 and 1.2.
+CLIENT_CERT_ALERTS = (
+    "remote error: tls: certificate required",
+    "remote error: tls: bad certificate",
+)
+# registry-gateway's 401 message when tls.client_ca is set and no certificate came.
+GATEWAY_CLIENT_CERT_REPLY = "requires a TLS client certificate"
+
 CONNECT_VERDICTS = {
     "refused": probe.REFUSED,
     "unreachable": probe.UNREACHABLE,
@@ -53,12 +64,18 @@ def _decide_transport(report: Report) -> None:
     kind = evidence.get("first_bytes_kind", "")
     tls_step = next(s for s in report.steps if s.name == "tls")
     v2 = evidence.get("v2", {})
+    if kind == "tls-handshake" and tls_step.status == "failed":
+        _decide_failed_handshake(report, tls_step.go_error)
+        return
     if kind == "tls-handshake":
         report.scheme = "https"
         cert_verdict = evidence.get("cert_verdict", probe.TLS_OK)
         report.go_error = evidence.get("cert_go_error", "")
         if cert_verdict != probe.TLS_OK:
             report.verdict = cert_verdict
+        elif client_certificate_required(report):
+            report.verdict = probe.CLIENT_CERT_REQUIRED
+            report.go_error = v2.get("tls_alert", "")
         elif not v2.get("is_registry"):
             report.verdict = probe.NOT_A_REGISTRY
         elif _realm_failed(evidence):
@@ -67,6 +84,10 @@ def _decide_transport(report: Report) -> None:
             report.verdict = probe.TLS_OK
         return
     report.go_error = tls_step.go_error
+    if kind == "tls-alert" and report.go_error in CLIENT_CERT_ALERTS:
+        report.scheme = "https"
+        report.verdict = probe.CLIENT_CERT_REQUIRED
+        return
     if kind in ("http", "plaintext"):
         report.scheme = "http" if v2.get("status") else ""
         if v2.get("is_registry"):
@@ -77,6 +98,50 @@ def _decide_transport(report: Report) -> None:
             report.verdict = probe.PLAINTEXT_NOT_HTTP
         return
     report.verdict = TRANSPORT_VERDICTS.get(kind, probe.CLOSED)
+
+
+def _decide_failed_handshake(report: Report, go_error: str) -> None:
+    """Decide a handshake that began with a TLS record and then failed.
+
+    A TLS 1.2 server that checks the client certificate sends its alert here,
+    after its ServerHello.
+    """
+    report.go_error = go_error
+    if go_error in CLIENT_CERT_ALERTS:
+        report.scheme = "https"
+        report.verdict = probe.CLIENT_CERT_REQUIRED
+    elif go_error == "EOF":
+        report.verdict = probe.CLOSED
+    elif go_error == probe_tls.HANDSHAKE_TIMEOUT:
+        report.verdict = probe.SILENT
+    else:
+        report.verdict = probe.TLS_ALERT
+
+
+def client_certificate_required(report: Report) -> bool:
+    """Return whether `GET /v2/` failed for want of a TLS client certificate.
+
+    Two forms count: a TLS alert after the handshake (a TLS 1.3 server checks
+    the client certificate after its Finished), and registry-gateway's 401 with
+    the registry-JSON error and no WWW-Authenticate challenge.
+    """
+    v2 = report.evidence.get("v2", {})
+    if v2.get("tls_alert") in CLIENT_CERT_ALERTS:
+        return True
+    return (
+        v2.get("status") == 401
+        and not v2.get("www_authenticate")
+        and GATEWAY_CLIENT_CERT_REPLY in registry_error_message(v2)
+    )
+
+
+def registry_error_message(v2: dict) -> str:
+    """Return the first `errors[].message` of a registry-JSON body, '' for any other body."""
+    try:
+        errors = json.loads(v2.get("body", "")).get("errors") or [{}]
+        return str(errors[0].get("message", ""))
+    except (ValueError, AttributeError):
+        return ""
 
 
 def _realm_failed(evidence: dict) -> bool:
@@ -95,6 +160,7 @@ SIDES = {
     probe.UNKNOWN_AUTHORITY: "client",
     probe.SELF_SIGNED: "client",
     probe.UNRESOLVABLE: "client",
+    probe.CLIENT_CERT_REQUIRED: "client",
 }
 
 
@@ -120,9 +186,22 @@ def summary(report: Report) -> str:
         probe.NOT_A_REGISTRY: f"{target.authority} is not a registry: GET {v2.get('url', '/v2/')} returned {v2.get('status')} {v2.get('reason', '')} and {v2.get('looks_like', 'no')} without the Docker-Distribution-Api-Version header.",
         probe.PLAINTEXT_NOT_HTTP: f"{target.authority} answered the TLS ClientHello with plaintext that is neither TLS nor HTTP: {evidence.get('first_bytes', '')!r}.",
         probe.AUTH_REALM_PROBLEM: _realm_summary(report),
+        probe.CLIENT_CERT_REQUIRED: _client_cert_summary(report),
         probe.UNRESOLVABLE: f"The name {target.host!r} does not resolve on this machine.",
     }
     return texts.get(verdict, f"{target.authority}: {title}: {report.go_error}.")
+
+
+def _client_cert_summary(report: Report) -> str:
+    v2 = report.evidence.get("v2", {})
+    if report.go_error:
+        proof = f"the server sent the TLS alert {report.go_error!r}"
+    else:
+        proof = f"GET {v2.get('url')} returned 401: {registry_error_message(v2)!r}"
+    return (
+        f"{report.target.authority} requires a TLS client certificate and the probe "
+        f"sent none: {proof}."
+    )
 
 
 def _realm_summary(report: Report) -> str:
@@ -247,6 +326,35 @@ FIXES = {
         )
     ],
 }
+FIXES[probe.CLIENT_CERT_REQUIRED] = [
+    (
+        "client",
+        "Issue a client certificate pair from the CA the server trusts for clients "
+        "(the gateway's tls.client_ca). This command issues one from the local CA "
+        "in certs/ and writes certs/client.cert and certs/client.key.",
+        "registry-gateway certs issue-client NAME",
+    ),
+    (
+        "client",
+        "For docker, copy client.cert and client.key to "
+        "/etc/docker/certs.d/{reference}/ beside ca.crt (no restart needed).",
+        "",
+    ),
+    (
+        "client",
+        "For podman and skopeo, copy them to /etc/containers/certs.d/{reference}/ "
+        "(or ~/.config/containers/certs.d/{reference}/ for a rootless user), or "
+        "pass skopeo --cert-dir DIR with a folder holding ca.crt, client.cert and "
+        "client.key.",
+        "",
+    ),
+    (
+        "client",
+        "For containerd, set client = [[\"client.cert\", \"client.key\"]] (full "
+        "paths) in the [host.\"https://{authority}\"] table of its hosts.toml.",
+        "",
+    ),
+]
 FIXES[probe.SELF_SIGNED] = FIXES[probe.UNKNOWN_AUTHORITY]
 FIXES[probe.IP_SAN_MISSING] = FIXES[probe.CN_ONLY] = FIXES[probe.NAME_MISMATCH]
 FIXES[probe.NOT_YET_VALID] = FIXES[probe.EXPIRED]
@@ -358,7 +466,7 @@ def _add_findings(report: Report) -> None:
                 f"Behind the certificate problem, GET {v2.get('url')} is not a registry either ({v2.get('status')}).",
             )
         )
-    if v2.get("status") == 401:
+    if v2.get("status") == 401 and report.verdict != probe.CLIENT_CERT_REQUIRED:
         scheme = evidence.get("auth", {}).get("scheme", "")
         report.findings.append(
             Finding(

@@ -287,6 +287,16 @@ class RawServer:
         elif self.behaviour == "banner":
             conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
             conn.close()
+        elif self.behaviour == "bad-certificate-alert":
+            # The alert Go's servers send a client without a certificate, as the
+            # first record: level fatal (2), description bad_certificate (42).
+            conn.settimeout(2)
+            try:
+                conn.recv(65536)
+                conn.sendall(b"\x15\x03\x03\x00\x02\x02\x2a")
+            except OSError:
+                pass
+            conn.close()
         elif self.behaviour == "tls-alert":
             conn.settimeout(2)
             try:

@@ -102,6 +102,37 @@ def test_explain_nginx_413():
     assert "client_max_body_size 0;" in explanation.fix
 
 
+DOCKER_CLIENT_TIMEOUT = (
+    'Error response from daemon: Get "https://registry.test:5000/v2/": net/http: request canceled '
+    "while waiting for connection (Client.Timeout exceeded while awaiting headers)"
+)
+PUSH_TLS_TIMEOUT = 'Get "https://registry.test:5000/v2/": net/http: TLS handshake timeout'
+
+
+@pytest.mark.parametrize(
+    ("text", "client"),
+    [(DOCKER_CLIENT_TIMEOUT, "docker"), (PUSH_TLS_TIMEOUT, "unknown")],
+)
+def test_explain_go_timeouts(text, client):
+    explanation = probe_explain.explain(text)
+    assert explanation.recognised
+    assert explanation.verdict == probe.TIMEOUT
+    assert explanation.client == client
+    assert (explanation.host, explanation.port) == ("registry.test", 5000)
+
+
+def test_explain_client_timeout_meaning():
+    explanation = probe_explain.explain(DOCKER_CLIENT_TIMEOUT)
+    assert explanation.matched == "Client.Timeout exceeded while awaiting headers"
+    assert "no response headers" in explanation.meaning
+
+
+def test_explain_unknown_client_wording():
+    rendered = probe_explain.render(probe_explain.explain(PUSH_TLS_TIMEOUT), False)
+    assert "from an unknown client, for registry.test:5000." in rendered
+    assert "from unknown" not in rendered
+
+
 def test_explain_go120_wrapper_note():
     explanation = probe_explain.explain(GO120_UNKNOWN)
     assert any("Go 1.20" in note for note in explanation.notes)

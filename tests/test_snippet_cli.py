@@ -171,3 +171,45 @@ def test_merged_toml_ends_with_newline(capsys, tmp_path, client):
     assert status == 0
     assert out.endswith("\n")
     assert not out.endswith("\n\n\n")
+
+
+def test_json_parse_error_docker(capsys, tmp_path):
+    broken = tmp_path / "daemon.json"
+    broken.write_text('{\n  "debug": true,,\n}\n')
+    status, out, err = run_snippet(capsys, "docker", HOST, "--insecure", "--merge", broken, "--json")
+    error = json.loads(out)["error"]
+    assert status == 1
+    assert error["file"] == str(broken)
+    assert error["line"] == 2
+    assert error["column"] == 17
+    assert "left unchanged" in error["message"]
+    assert err.startswith(f"Error: {broken} line 2 column 17: ")
+
+
+def test_json_parse_error_toml(capsys, tmp_path):
+    broken = tmp_path / "registries.conf"
+    broken.write_text('unqualified-search-registries = [\n')
+    status, out, _ = run_snippet(capsys, "podman", HOST, "--insecure", "--merge", broken, "--json")
+    error = json.loads(out)["error"]
+    assert status == 1
+    assert error["file"] == str(broken)
+    assert error["line"] == 2
+    assert error["column"] == 1
+
+
+def test_json_error_without_file(capsys):
+    status, out, err = run_snippet(capsys, "docker", HOST, "--json")
+    error = json.loads(out)["error"]
+    assert status == 1
+    assert error["file"] is None
+    assert error["line"] is None
+    assert error["message"].startswith("Choose how docker should reach")
+    assert err.startswith("Error: Choose how docker")
+
+
+def test_json_message_levels_lower_case(capsys):
+    status, out, err = run_snippet(capsys, "docker", HOST, "--insecure", "--json")
+    levels = {message["level"] for message in json.loads(out)["messages"]}
+    assert status == 0
+    assert levels
+    assert levels <= {"note", "warning"}
