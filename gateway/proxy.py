@@ -1,10 +1,11 @@
 """The request handler: one client request in, one upstream request out, both streamed.
 
-Bodies are never read whole. A request body is handed to the upstream request as
-aiohttp's StreamReader (sent with the client's Content-Length, or chunked when
-the client sent it chunked), and a response body is copied with `iter_any()` as
-it arrives, so memory stays flat for any blob size and aiohttp's `client_max_size`
-(which only applies to `request.read()`) never comes into play.
+Bodies are never read whole. A request body goes to the upstream as an async
+iterable over the client's stream (`RequestBody`), sent with the client's
+Content-Length or chunked when the client sent it chunked. A response body is
+copied piece by piece with `readany()` as it arrives. Memory therefore stays
+flat for any blob size, and aiohttp's `client_max_size` (which only applies to
+`request.read()`) never comes into play.
 """
 
 from __future__ import annotations
