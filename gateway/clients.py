@@ -157,7 +157,7 @@ def predict_podman(report: Report) -> Prediction:
     ping = f"pinging container registry {target.reference}"
     if error:
         core = f'{ping}: Get "{url}": {error}'
-    elif report.verdict == probe.NOT_A_REGISTRY:
+    elif report.verdict in (probe.NOT_A_REGISTRY, probe.UPSTREAM_DOWN):
         core = f"{ping}: {_v2_failure(report)}"
     elif report.verdict == probe.AUTH_REALM_PROBLEM:
         core = realm_error(report)
@@ -208,7 +208,7 @@ def predict_docker(report: Report) -> Prediction:
         return Prediction(
             "docker", False, message, url, rule, core, unverified=not checked
         )
-    if report.verdict == probe.NOT_A_REGISTRY:
+    if report.verdict in (probe.NOT_A_REGISTRY, probe.UPSTREAM_DOWN):
         core = _docker_non_registry(report)
         return Prediction(
             "docker",
@@ -312,7 +312,7 @@ def _docker_insecure(report: Report) -> Prediction:
                 "which hides the missing login"
             )
         return prediction
-    if verdict == probe.NOT_A_REGISTRY:
+    if verdict in (probe.NOT_A_REGISTRY, probe.UPSTREAM_DOWN):
         core = _docker_non_registry(report)
         return Prediction(
             "docker", False, f"Error response from daemon: {core}", http_url, rule, core

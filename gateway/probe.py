@@ -56,6 +56,7 @@ CN_ONLY = "LEGACY_CN_ONLY"
 EXPIRED = "EXPIRED"
 NOT_YET_VALID = "NOT_YET_VALID"
 NOT_A_REGISTRY = "NOT_A_REGISTRY"
+UPSTREAM_DOWN = "UPSTREAM_DOWN"
 PLAINTEXT_NOT_HTTP = "PLAINTEXT_NOT_TLS"
 TLS_ALERT = "TLS_ALERT"
 CLOSED = "CLOSED_WITHOUT_REPLY"
@@ -80,6 +81,7 @@ VERDICT_TITLES = {
     EXPIRED: "certificate expired",
     NOT_YET_VALID: "certificate not yet valid",
     NOT_A_REGISTRY: "not a registry",
+    UPSTREAM_DOWN: "registry front end up, its registry down",
     PLAINTEXT_NOT_HTTP: "plaintext service, not TLS",
     TLS_ALERT: "TLS alert from the server",
     CLOSED: "connection closed without a reply",

@@ -173,6 +173,9 @@ def get_v2(report: Report, address: str, use_tls: bool, options: probe.Options) 
     report.evidence["v2"] = v2
     if is_registry:
         detail = f"GET {url} returned {status} {reason} with {API_VERSION_HEADER}: {api_version}."
+    elif api_version:
+        detail = f"GET {url} returned {status} {reason} with {API_VERSION_HEADER}: {api_version}, so a registry front end answered but could not serve /v2/."
+        v2["looks_like"] = looks_like(headers, body)
     else:
         detail = f"GET {url} returned {status} {reason} and {looks_like(headers, body)}, without {API_VERSION_HEADER}."
         v2["looks_like"] = looks_like(headers, body)

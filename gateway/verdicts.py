@@ -76,6 +76,8 @@ def _decide_transport(report: Report) -> None:
         elif client_certificate_required(report):
             report.verdict = probe.CLIENT_CERT_REQUIRED
             report.go_error = v2.get("tls_alert", "")
+        elif upstream_down(report):
+            report.verdict = probe.UPSTREAM_DOWN
         elif not v2.get("is_registry"):
             report.verdict = probe.NOT_A_REGISTRY
         elif _realm_failed(evidence):
@@ -92,6 +94,8 @@ def _decide_transport(report: Report) -> None:
         report.scheme = "http" if v2.get("status") else ""
         if v2.get("is_registry"):
             report.verdict = probe.PLAIN_HTTP_REGISTRY
+        elif upstream_down(report):
+            report.verdict = probe.UPSTREAM_DOWN
         elif v2.get("status"):
             report.verdict = probe.NOT_A_REGISTRY
         else:
@@ -184,12 +188,42 @@ def summary(report: Report) -> str:
         probe.EXPIRED: f"The certificate of {target.authority} expired at {leaf.get('not_after')}; this machine's clock reads {evidence.get('clock_utc')}.",
         probe.NOT_YET_VALID: f"The certificate of {target.authority} is valid only from {leaf.get('not_before')}; this machine's clock reads {evidence.get('clock_utc')}.",
         probe.NOT_A_REGISTRY: f"{target.authority} is not a registry: GET {v2.get('url', '/v2/')} returned {v2.get('status')} {v2.get('reason', '')} and {v2.get('looks_like', 'no')} without the Docker-Distribution-Api-Version header.",
+        probe.UPSTREAM_DOWN: _upstream_down_summary(report),
         probe.PLAINTEXT_NOT_HTTP: f"{target.authority} answered the TLS ClientHello with plaintext that is neither TLS nor HTTP: {evidence.get('first_bytes', '')!r}.",
         probe.AUTH_REALM_PROBLEM: _realm_summary(report),
         probe.CLIENT_CERT_REQUIRED: _client_cert_summary(report),
         probe.UNRESOLVABLE: f"The name {target.host!r} does not resolve on this machine.",
     }
     return texts.get(verdict, f"{target.authority}: {title}: {report.go_error}.")
+
+
+def upstream_down(report: Report) -> bool:
+    """True when /v2/ got a registry-format 502, 503 or 504: a front end whose registry is down."""
+    v2 = report.evidence.get("v2", {})
+    return v2.get("status") in (502, 503, 504) and str(v2.get("api_version", "")).startswith("registry/2")
+
+
+def _upstream_down_summary(report: Report) -> str:
+    v2 = report.evidence.get("v2", {})
+    try:
+        message = json.loads(v2.get("body", ""))["errors"][0]["message"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        message = v2.get("reason", "")
+    return (
+        f"{report.target.authority} is a registry front end (a gateway or proxy) whose "
+        f"registry is not answering: GET {v2.get('url', '/v2/')} returned "
+        f"{v2.get('status')} {v2.get('reason', '')}: {message}."
+    )
+
+
+UPSTREAM_DOWN_FIXES = [
+    (
+        "registry",
+        "Start the registry behind {authority}, or fix the front end's upstream address "
+        "(for registry-gateway: --upstream or upstream.url); the clients' side is fine.",
+        "",
+    )
+]
 
 
 def _client_cert_summary(report: Report) -> str:
@@ -401,6 +435,8 @@ def fixes(report: Report) -> list[Fix]:
         "listed_names": ", ".join(_listed_names(report)),
     }
     templates = FIXES.get(report.verdict, [])
+    if report.verdict == probe.UPSTREAM_DOWN:
+        templates = UPSTREAM_DOWN_FIXES
     if not _listed_names(report):
         templates = [t for t in templates if t is not CONNECT_BY_LISTED_NAME]
     return [
@@ -456,7 +492,7 @@ def _add_findings(report: Report) -> None:
     v2 = evidence.get("v2", {})
     if (
         report.scheme == "https"
-        and report.verdict not in (probe.TLS_OK, probe.NOT_A_REGISTRY)
+        and report.verdict not in (probe.TLS_OK, probe.NOT_A_REGISTRY, probe.UPSTREAM_DOWN)
         and v2
         and not v2.get("is_registry")
     ):

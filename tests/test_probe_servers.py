@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import ssl
+import subprocess
+import sys
 
 import pytest
 from aiohttp import web
@@ -661,3 +663,26 @@ def test_probe_help_exit_status(capsys):
     assert "Exit status: 0 when every selected client (--client) would succeed" in out
     assert "1 when any selected client would fail" in out
     assert "2 for a usage error" in out
+
+
+def test_gateway_with_upstream_down(tmp_path, local_ca):
+    """A gateway whose registry is down is reported as such, with the fix on the registry side."""
+    from gateway.lab import GatewayProcess, free_port
+
+    gateway = GatewayProcess(
+        ["--listen", "127.0.0.1:0", "--upstream", f"http://127.0.0.1:{free_port()}", "--certs-dir", str(local_ca)]
+    ).start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "probe", f"127.0.0.1:{gateway.port}", "--ca", str(local_ca / "ca.crt"), "--json"],
+            capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        gateway.stop()
+    report = json.loads(result.stdout)
+    assert result.returncode == 1
+    assert report["verdict"] == "UPSTREAM_DOWN"
+    assert "whose registry is not answering" in report["summary"]
+    assert "nothing listens on" in report["summary"]
+    assert report["fixes"][0]["side"] == "registry"
+    assert "Start the registry behind" in report["fixes"][0]["text"]
