@@ -81,7 +81,7 @@ class Report:
 def go_hostname_error(cert: x509.Certificate, host: str) -> str:
     """Return the message Go's crypto/x509 HostnameError prints for `host` (Go 1.19)."""
     dns_names, addresses = certs.san_names(cert)
-    if not _has_san(cert) and _cn_matches(cert, host):
+    if not certs.has_san(cert) and _cn_matches(cert, host):
         return GO_CN_ONLY
     try:
         ipaddress.ip_address(host)
@@ -112,21 +112,10 @@ def _rfc3339(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _has_san(cert: x509.Certificate) -> bool:
-    try:
-        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return False
-    return True
-
-
-def _common_name(cert: x509.Certificate) -> str:
-    values = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(values[0].value) if values else ""
 
 
 def _cn_matches(cert: x509.Certificate, host: str) -> bool:
-    common_name = _common_name(cert).lower().rstrip(".")
+    common_name = certs.common_name(cert).lower().rstrip(".")
     host = host.lower().rstrip(".")
     if common_name == host:
         return True
@@ -224,8 +213,8 @@ def _names_to_issue(leaf: x509.Certificate, names: list[str]) -> list[str]:
         host, _port = split_host_port(name)
         if host.lower() not in covered:
             covered.append(host.lower())
-    if not covered and _common_name(leaf):
-        covered.append(_common_name(leaf).split(":")[0])
+    if not covered and certs.common_name(leaf):
+        covered.append(certs.common_name(leaf).split(":")[0])
     return covered
 
 
@@ -313,7 +302,7 @@ def is_self_signed_server(chain: list[x509.Certificate]) -> bool:
         cert.verify_directly_issued_by(cert)
     except (ValueError, TypeError, InvalidSignature):
         return False
-    return _has_san(cert) or bool(HOST_NAME.fullmatch(_common_name(cert)))
+    return certs.has_san(cert) or bool(HOST_NAME.fullmatch(certs.common_name(cert)))
 
 
 def _warn_self_signed_server(report: Report, cert_path: Path, folder: Path) -> None:
@@ -431,7 +420,7 @@ def go_same_name_error(candidate: x509.Certificate) -> str:
         failure = "x509: Ed25519 verification failure"
     return (
         f'{GO_UNKNOWN_AUTHORITY} (possibly because of "{failure}" while trying to '
-        f'verify candidate authority certificate "{_common_name(candidate)}")'
+        f'verify candidate authority certificate "{certs.common_name(candidate)}")'
     )
 
 
@@ -511,10 +500,10 @@ def _check_name_constraints(report: Report, leaf: x509.Certificate) -> None:
 
 
 def _check_names(report: Report, leaf, cert_path: Path, names: list[str], fix: str) -> None:
-    if not _has_san(leaf):
+    if not certs.has_san(leaf):
         report.error(
             f"The certificate {str(cert_path)!r} has no subjectAltName, only the Common "
-            f"Name {_common_name(leaf)!r}, and Go clients since Go 1.15 reject it with "
+            f"Name {certs.common_name(leaf)!r}, and Go clients since Go 1.15 reject it with "
             f"\"{GO_CN_ONLY}\" (the GODEBUG=x509ignoreCN=0 switch is gone since Go "
             f"1.17). Issue one with SANs: {fix}"
         )

@@ -182,7 +182,12 @@ def issue_leaf(
     `not_before` defaults to an hour ago; the lifetime never outlasts the CA.
     """
     dns_names, addresses = split_names(names)
-    first = dns_names[0] if dns_names else str(addresses[0]) if addresses else ""
+    if dns_names:
+        first = dns_names[0]
+    elif addresses:
+        first = str(addresses[0])
+    else:
+        first = ""
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "registry-gateway"),
@@ -308,7 +313,7 @@ def key_matches(cert: x509.Certificate, key: PrivateKey) -> bool:
 
 
 def fingerprint(cert: x509.Certificate) -> str:
-    """The SHA-256 fingerprint in the colon-separated form `openssl x509 -fingerprint` prints."""
+    """Return the SHA-256 fingerprint in the colon-separated form of `openssl x509 -fingerprint`."""
     digest = cert.fingerprint(hashes.SHA256())
     return ":".join(f"{b:02X}" for b in digest)
 
@@ -324,8 +329,23 @@ def san_names(cert: x509.Certificate) -> tuple[list[str], list[str]]:
     return dns_names, addresses
 
 
+def has_san(cert: x509.Certificate) -> bool:
+    """Return whether the certificate has a subjectAltName extension at all."""
+    try:
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return False
+    return True
+
+
+def common_name(cert: x509.Certificate) -> str:
+    """Return the subject's first Common Name, or "" when it has none."""
+    values = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(values[0].value) if values else ""
+
+
 def name_covered(cert: x509.Certificate, name: str) -> bool:
-    """Whether a Go client connecting to `name` would accept the certificate's SANs."""
+    """Return whether a Go client connecting to `name` would accept the certificate's SANs."""
     dns_names, addresses = san_names(cert)
     host = strip_port(name).lower()
     try:
@@ -363,7 +383,7 @@ class ServingPair:
 
 
 def protect_ca_key(path: Path) -> None:
-    # 0400: nobody, not even the owner by accident, rewrites the CA key.
+    # 0400, so that not even the owner overwrites the CA key by accident.
     try:
         os.chmod(path, 0o400)
     except OSError:

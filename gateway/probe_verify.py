@@ -27,7 +27,7 @@ from cryptography.x509.oid import (
     NameOID,
 )
 
-from gateway import probe
+from gateway import certs, probe
 from gateway.certs import fingerprint, load_certs, san_names
 from gateway.errors import GatewayError
 
@@ -144,17 +144,6 @@ def _match_hostname(pattern: str, host: str) -> bool:
     return True
 
 
-def _has_san(leaf: x509.Certificate) -> bool:
-    try:
-        leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return False
-    return True
-
-
-def common_name(cert: x509.Certificate) -> str:
-    values = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(values[0].value) if values else ""
 
 
 def hostname_error(leaf: x509.Certificate, host: str) -> tuple[str, str]:
@@ -170,7 +159,7 @@ def hostname_error(leaf: x509.Certificate, host: str) -> tuple[str, str]:
     elif any(_match_hostname(name, host) for name in dns_names):
         return "", ""
 
-    if not _has_san(leaf) and _match_hostname(common_name(leaf), host):
+    if not certs.has_san(leaf) and _match_hostname(certs.common_name(leaf), host):
         return (
             probe.CN_ONLY,
             "x509: certificate relies on legacy Common Name field, use SANs instead",
@@ -185,7 +174,7 @@ def hostname_error(leaf: x509.Certificate, host: str) -> tuple[str, str]:
     else:
         valid = ", ".join(dns_names)
     if not valid:
-        verdict = probe.NAME_MISMATCH if _has_san(leaf) else probe.CN_ONLY
+        verdict = probe.NAME_MISMATCH if certs.has_san(leaf) else probe.CN_ONLY
         return (
             verdict,
             f"x509: certificate is not valid for any names, but wanted to match {host}",
@@ -243,7 +232,7 @@ def build_chain(
     if hint:
         problem, candidate = hint[0]
         name = (
-            common_name(candidate)
+            certs.common_name(candidate)
             or _first_org(candidate)
             or f"serial:{candidate.serial_number}"
         )
@@ -280,10 +269,10 @@ def describe(cert: x509.Certificate) -> dict:
     return {
         "subject": cert.subject.rfc4514_string(),
         "issuer": cert.issuer.rfc4514_string(),
-        "common_name": common_name(cert),
+        "common_name": certs.common_name(cert),
         "dns_sans": dns_names,
         "ip_sans": ip_sans,
-        "has_san_extension": _has_san(cert),
+        "has_san_extension": certs.has_san(cert),
         "not_before": go_rfc3339(cert.not_valid_before_utc),
         "not_after": go_rfc3339(cert.not_valid_after_utc),
         "self_signed": cert.issuer == cert.subject and not _signature_error(cert, cert),

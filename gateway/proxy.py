@@ -219,7 +219,7 @@ class Proxy:
     def _upstream_headers(self, request: web.BaseRequest, authority: str, peer: str | None) -> CIMultiDict:
         dropped = HOP_BY_HOP | connection_tokens(request.headers)
         if self.auth is not None:
-            # The credentials are the gateway's own; the registry never sees them.
+            # The credentials are the gateway's own, so they are not sent to the registry.
             dropped = dropped | {"authorization"}
         trusted = self._is_trusted(peer)
         headers: CIMultiDict[str] = CIMultiDict()
@@ -286,7 +286,7 @@ class Proxy:
             return
         status = response.status if response is not None else 499
         if isinstance(response, web.Response) and not counters["out"] and response.body:
-            # The gateway's own answers (errors, /_gateway/ pages) are not streamed,
+            # The gateway's own responses (errors, /_gateway/ pages) are not streamed,
             # so their size comes from the body they carry.
             counters["out"] = len(response.body)
         access_log.info(

@@ -132,7 +132,7 @@ def check_user_certificate(config: Config) -> None:
             )
     if leaf.issuer != leaf.subject and len(chain) == 1:
         log.warning(
-            "The certificate file %s holds the leaf without its intermediate: clients "
+            "The certificate file %s contains the leaf without its intermediate: clients "
             "that trust only the root fail with \"x509: certificate signed by unknown "
             "authority\". Append the intermediate certificate to the file.",
             config.cert,
@@ -156,11 +156,11 @@ def print_trust_hint(config: Config, ca_path: Path | None, addresses: list[str])
 
 
 def warn_if_not_ca(path: Path) -> None:
-    """Warn when tls.client_ca holds no CA certificate, so no client certificate can verify."""
+    """Warn when tls.client_ca contains no CA certificate, so that no client certificate can verify."""
     found = certs.load_certs(path)
     if not any(certs.is_ca(cert) for cert in found):
         log.warning(
-            "tls.client_ca %s holds no CA certificate (only a leaf), so no client "
+            "tls.client_ca %s contains no CA certificate (only a leaf), so no client "
             "certificate will verify against it: give the CA that issues client "
             "certificates, e.g. certs/ca.crt for registry-gateway certs issue-client.",
             path,
@@ -189,7 +189,7 @@ def raise_file_limit(wanted: int) -> None:
 def run(args: argparse.Namespace) -> int:
     config = build_config(args)
     setup_logging(config.log_level)
-    # Each client connection holds a socket and, while busy, one to the upstream.
+    # Each client connection uses a socket and, while busy, one to the upstream.
     raise_file_limit(2 * config.max_connections + 64)
     cert, key, ca_path = prepare_tls(config)
     reloader = make_reloader(config, cert, key, ca_path)

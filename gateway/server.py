@@ -219,8 +219,8 @@ class Gateway:
             max_field_size=self.config.max_header_size,
             max_headers=self.config.max_headers,
             header_timeout=self.config.header_timeout,
-            # After an early answer (408, 400, 503) aiohttp reads on to the end of
-            # the body before closing; a stalled client is not worth 10 s of that.
+            # After an early response (408, 400, 503) aiohttp reads on to the end
+            # of the body before closing, and a stalled client is not worth 10 s of that.
             lingering_time=LINGERING_TIME,
         )
         self._server = GatewayServer(self.proxy.handle, **limits)

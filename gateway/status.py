@@ -32,7 +32,7 @@ UPSTREAM_CHECK_TIMEOUT = 3.0
 
 @dataclass
 class TrustInfo:
-    """What the gateway serves TLS with, and the CA clients must trust when it knows one."""
+    """The certificate the gateway serves, and the CA clients must trust when the gateway has one."""
 
     leaf_path: Path
     ca_path: Path | None = None
@@ -40,7 +40,7 @@ class TrustInfo:
     def ca_certificate(self) -> x509.Certificate | None:
         """Return the CA, but only while it signed the leaf being served.
 
-        After `certs init --force` the folder holds a new CA while the running
+        After `certs init --force` the folder contains a new CA while the running
         gateway still serves a leaf of the old one; offering the new CA then would
         give clients a file that fails to verify.
         """
