@@ -22,7 +22,6 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -224,6 +223,11 @@ def _issue_command(leaf: x509.Certificate, names: list[str], folder: Path) -> st
     return f"registry-gateway certs issue{dir_option(folder)} {shown} --force"
 
 
+def reissue_fix(leaf: x509.Certificate, names: list[str], folder: Path) -> str:
+    """Return how to replace `leaf` with one for `names`, as the findings of `check` give it."""
+    return _reissue_fix(leaf, names, folder, _issue_command(leaf, names, folder))
+
+
 def _reissue_fix(leaf: x509.Certificate, names: list[str], folder: Path, command: str) -> str:
     """Return how to get a corrected leaf: `command`, or two options.
 
@@ -251,7 +255,7 @@ def _issued_by_local_ca(leaf: x509.Certificate, folder: Path) -> bool:
 
 def _check_key(report: Report, leaf, cert_path: Path, key_path: Path, fix: str) -> None:
     try:
-        key = _load_check_key(key_path)
+        key = certs.load_serving_key(key_path)
     except CertificateError as exc:
         report.error(str(exc))
         return
@@ -267,24 +271,6 @@ def _check_key(report: Report, leaf, cert_path: Path, key_path: Path, fix: str) 
             f"The key {str(key_path)!r} is readable by other users (mode {mode:04o}). "
             f"Restrict it: chmod 600 {key_path}"
         )
-
-
-def _load_check_key(key_path: Path):
-    """Read a key to compare with the certificate: ECDSA, RSA or Ed25519, which Go's TLS accepts."""
-    try:
-        data = key_path.read_bytes()
-    except OSError as exc:
-        raise CertificateError(f"Cannot read key file {str(key_path)!r}: {exc.strerror}.") from None
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (TypeError, ValueError):
-        return certs.load_key(key_path)  # Raises with the message for encrypted or missing keys.
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
-        raise CertificateError(
-            f"The key in {str(key_path)!r} is {type(key).__name__.removesuffix('PrivateKey')}, "
-            "which Go's crypto/tls does not support: use an ECDSA P-256 key."
-        )
-    return key
 
 
 def is_self_signed_server(chain: list[x509.Certificate]) -> bool:
@@ -564,17 +550,27 @@ def _check_algorithms(report: Report, cert, is_leaf: bool, fix: str) -> None:
         )
     public = cert.public_key()
     if isinstance(public, ed25519.Ed25519PublicKey):
-        report.warning(
-            f"{what} has an Ed25519 key. Go's crypto/tls (docker, containerd, podman) "
-            "accepts it, but some clients and older TLS stacks do not, such as web "
-            "browsers and OpenSSL before 1.1.1. For the widest support, issue one with "
-            f"an ECDSA P-256 key: {fix}"
-        )
+        report.warning(ed25519_warning(what, fix))
     if isinstance(public, rsa.RSAPublicKey) and public.key_size < MIN_RSA_BITS:
         report.error(
             f"{what} has a {public.key_size}-bit RSA key; use at least {MIN_RSA_BITS} bits. "
             f"Issue one with an ECDSA P-256 key: {fix}"
         )
+
+
+def ed25519_warning(certificate_label: str, fix: str) -> str:
+    """Build the warning for an Ed25519 certificate, which `serve` logs too."""
+    # Checked against the gateway: skopeo 1.9 (Go 1.19) and curl 7.88 (OpenSSL 3.0)
+    # connect over TLS 1.2 and 1.3. Chromium 156 offers no signature algorithm for
+    # the key, so OpenSSL aborts with NO_SUITABLE_SIGNATURE_ALGORITHM.
+    return (
+        f"{certificate_label} has an Ed25519 key. Go's crypto/tls (docker, "
+        "containerd, podman, skopeo) and OpenSSL 1.1.1 or later (curl) accept it, "
+        "but some clients and older TLS stacks do not, such as web browsers and "
+        "OpenSSL before 1.1.1. Chromium gets no TLS connection "
+        "(net::ERR_CONNECTION_CLOSED), so the status page /_gateway/ does not open "
+        f"in a browser. For the widest support, issue one with an ECDSA P-256 key: {fix}"
+    )
 
 
 def _check_key_usage(report: Report, leaf, fix: str) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import CertificateError
@@ -51,6 +51,10 @@ LEAF_CERT = "gateway.crt"
 LEAF_KEY = "gateway.key"
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+# A key type the gateway serves TLS with but never signs certificates with.
+# skopeo 1.9 (Go 1.19) and curl 7.88 (OpenSSL 3.0) complete TLS 1.2 and 1.3
+# handshakes with an Ed25519 certificate.
+ServingKey = PrivateKey | ed25519.Ed25519PrivateKey
 
 
 def now() -> datetime.datetime:
@@ -277,13 +281,40 @@ def load_certs(path: Path) -> list[x509.Certificate]:
 
 
 def load_key(path: Path) -> PrivateKey:
+    """Read an unencrypted ECDSA or RSA PEM key, such as a CA key that issues certificates."""
+    key = _read_key(path)
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+        raise CertificateError(
+            f"The key in {str(path)!r} is {key_type_name(key)}, but the gateway signs "
+            "only with ECDSA or RSA keys: use an ECDSA P-256 key."
+        )
+    return key
+
+
+def load_serving_key(path: Path) -> ServingKey:
+    """Read an unencrypted ECDSA, RSA or Ed25519 PEM key to serve TLS with."""
+    key = _read_key(path)
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
+        raise CertificateError(
+            f"The key in {str(path)!r} is {key_type_name(key)}, which Go's crypto/tls "
+            "(docker, containerd, podman, skopeo) does not support: use an ECDSA P-256 key."
+        )
+    return key
+
+
+def key_type_name(key) -> str:
+    """Name a key's algorithm as `DSA` or `Ed448`, from its `cryptography` class."""
+    return type(key).__name__.removeprefix("_").removesuffix("PrivateKey")
+
+
+def _read_key(path: Path):
     """Read an unencrypted PEM private key; the message never contains key material."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise CertificateError(f"Cannot read key file {str(path)!r}: {exc.strerror}.") from None
     try:
-        key = serialization.load_pem_private_key(data, password=None)
+        return serialization.load_pem_private_key(data, password=None)
     except TypeError:
         raise CertificateError(
             f"The key in {str(path)!r} is encrypted: the gateway needs an unencrypted "
@@ -294,11 +325,6 @@ def load_key(path: Path) -> PrivateKey:
             f"No private key found in {str(path)!r}: the file must hold a PEM key "
             "('-----BEGIN PRIVATE KEY-----')."
         ) from None
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
-        raise CertificateError(
-            f"The key in {str(path)!r} is neither ECDSA nor RSA, which registry clients require."
-        )
-    return key
 
 
 def public_bytes(key_or_cert) -> bytes:
@@ -308,7 +334,7 @@ def public_bytes(key_or_cert) -> bytes:
     )
 
 
-def key_matches(cert: x509.Certificate, key: PrivateKey) -> bool:
+def key_matches(cert: x509.Certificate, key: ServingKey) -> bool:
     return public_bytes(cert) == public_bytes(key)
 
 

@@ -194,14 +194,27 @@ def run_issue_client(args: argparse.Namespace) -> int:
     return 0
 
 
+# The exit status of `certs check --strict` for warnings without errors. Without
+# --strict, warnings exit 0, as they do for `nginx -t` (1.22) and `haproxy -c`
+# (2.6), so a deployment script stops only for a certificate that clients reject.
+# Status 1 is for errors and 2 for argparse's usage errors.
+WARNINGS_STATUS = 3
+
+
 def _add_check(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "check",
         help="find what Go clients will reject in a certificate",
         description=(
             "Check a certificate chain file the way Go registry clients judge it. With "
-            "no --cert, check the gateway's own certificate in --dir. Exit status 0 "
-            "means no findings, 1 means findings."
+            "no --cert, check the gateway's own certificate in --dir."
+        ),
+        epilog=(
+            "Exit status: 0 when there are no errors, even with warnings (such as a "
+            "certificate that expires within 30 days); 1 when there is an error, "
+            "meaning a client will reject the certificate, or a file given cannot be "
+            f"read; 2 for a usage error; {WARNINGS_STATUS} with --strict when there "
+            "are warnings but no errors."
         ),
     )
     _dir_argument(parser)
@@ -215,6 +228,10 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--name", action="append", default=[], metavar="HOST[:PORT]",
         help="name or address clients connect to; repeat for more",
+    )
+    parser.add_argument(
+        "--strict", action="store_true",
+        help=f"exit {WARNINGS_STATUS} when there are warnings but no errors (default: exit 0)",
     )
     parser.set_defaults(func=run_check)
 
@@ -231,7 +248,9 @@ def run_check(args: argparse.Namespace) -> int:
         print(
             f"Found {_count(errors, 'error')} and {_count(warnings, 'warning')} in {str(cert)!r}."
         )
-        return 1
+        if errors:
+            return 1
+        return WARNINGS_STATUS if args.strict else 0
     root = report.root.subject.rfc4514_string() if report.root is not None else "?"
     print(f"No problems found in {str(cert)!r}; it chains to {root!r}.")
     return 0

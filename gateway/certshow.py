@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway import certs
@@ -68,9 +68,11 @@ def describe_certificate(cert: x509.Certificate) -> list[str]:
     return lines
 
 
-def key_kind(key: certs.PrivateKey) -> str:
+def key_kind(key: certs.ServingKey) -> str:
     if isinstance(key, rsa.RSAPrivateKey):
         return f"RSA {key.key_size}-bit"
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "Ed25519"
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return f"ECDSA {key.curve.name}"
 
@@ -114,7 +116,7 @@ def _read_certs(path: Path) -> list[x509.Certificate]:
 def _describe_key(path: Path, loaded: dict[Path, list[x509.Certificate]]) -> str:
     mode = stat.S_IMODE(path.stat().st_mode)
     try:
-        key = certs.load_key(path)
+        key = certs.load_serving_key(path)
     except CertificateError as exc:
         return f"Private key, mode {mode:04o}; it could not be read: {exc}"
     owners = [

@@ -9,7 +9,9 @@ import signal
 import sys
 from pathlib import Path
 
-from gateway import certs, eventloop, metrics, tlsreload, workers
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from gateway import certcheck, certs, eventloop, metrics, tlsreload, workers
 from gateway.cli import setup_logging
 from gateway.config import (
     Config,
@@ -102,10 +104,10 @@ def prepare_tls(config: Config) -> tuple[Path, Path, Path | None]:
 
 
 def check_user_certificate(config: Config) -> None:
-    """Warn about certificate faults that Go clients reject, before serving it."""
+    """Reject a key that does not match the certificate, and warn about faults that clients reject."""
     assert config.cert is not None and config.key is not None
     chain = certs.load_certs(config.cert)
-    key = certs.load_key(config.key)
+    key = certs.load_serving_key(config.key)
     leaf = chain[0]
     if not certs.key_matches(leaf, key):
         raise CertificateError(
@@ -130,13 +132,30 @@ def check_user_certificate(config: Config) -> None:
                 config.cert,
                 name,
             )
+    warn_if_ed25519(config, chain)
     if leaf.issuer != leaf.subject and len(chain) == 1:
+        # Without the CA file the gateway cannot tell a root issuer from an intermediate.
         log.warning(
-            "The certificate file %s contains the leaf without its intermediate: clients "
-            "that trust only the root fail with \"x509: certificate signed by unknown "
-            "authority\". Append the intermediate certificate to the file.",
+            "The certificate file %s contains the leaf without its issuer %r. If that "
+            "issuer is an intermediate CA, clients that trust only the root fail with "
+            "\"x509: certificate signed by unknown authority\": append the intermediate "
+            "certificate to the file. A leaf issued directly by a root CA needs nothing more.",
             config.cert,
+            leaf.issuer.rfc4514_string(),
         )
+
+
+def warn_if_ed25519(config: Config, chain: list) -> None:
+    """Log the warning `certs check` gives for each Ed25519 certificate in the chain file."""
+    fix = certcheck.reissue_fix(chain[0], config.names, config.certs_dir)
+    for index, cert in enumerate(chain):
+        if not isinstance(cert.public_key(), ed25519.Ed25519PublicKey):
+            continue
+        if index == 0:
+            label = f"The certificate {config.cert}"
+        else:
+            label = f"The CA {cert.subject.rfc4514_string()!r} in {config.cert}"
+        log.warning("%s", certcheck.ed25519_warning(label, fix))
 
 
 def print_trust_hint(config: Config, ca_path: Path | None, addresses: list[str]) -> None:

@@ -3,10 +3,12 @@
 Each chain is root, intermediate and leaf. The cases are Name Constraints on the
 intermediate, a SHA-1 signed leaf, a file with the intermediate first, an
 Ed25519 leaf key, and the fixes offered for a leaf the local CA did not issue.
+`serve` runs an Ed25519 pair in front of the real registry for skopeo and curl.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -180,7 +182,7 @@ def test_ed25519_key_warning(tmp_path, capsys):
     """An Ed25519 leaf and key: a warning about other clients, and the summary line."""
     root, chain, key = openssl_chain(tmp_path, "DNS:reg.local", key_kind="ed25519")
     status, out = check(capsys, "--cert", str(chain), "--key", str(key), "--ca", str(root), "--name", "reg.local")
-    assert status == 1
+    assert status == 0
     assert "neither ECDSA nor RSA" not in out
     assert "Error:" not in out
     assert "Warning: The certificate has an Ed25519 key. Go's crypto/tls" in out
@@ -208,3 +210,92 @@ def test_local_leaf_fix_is_command(tmp_path, capsys):
     assert status == 1
     assert f"Issue one that covers it: registry-gateway certs issue --dir {folder} localhost 127.0.0.1 --force" in out
     assert "either reissue it" not in out
+
+
+def ed25519_root_and_leaf(folder: Path, key_kind: str = "ed25519") -> tuple[Path, Path, Path]:
+    """An Ed25519 root and a leaf for the loopback names signed directly by it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    root_key = openssl_key(folder / "Root.key", "ed25519")
+    openssl(
+        "req", "-x509", "-key", str(root_key), "-subj", "/CN=Ed25519 Root", "-days", "365",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", str(folder / "Root.crt"),
+    )
+    leaf_key = folder / "leaf.key"
+    openssl("genpkey", "-algorithm", key_kind, "-out", str(leaf_key))
+    leaf_key.chmod(0o600)
+    extensions = "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nextendedKeyUsage=serverAuth\n"
+    leaf = openssl_sign(folder, "leaf", leaf_key, "Root", extensions)
+    return folder / "Root.crt", leaf, leaf_key
+
+
+def curl_tags(port: int, ca: Path, *tls_options: str) -> subprocess.CompletedProcess:
+    url = f"https://localhost:{port}/v2/certs/test/tags/list"
+    return subprocess.run(
+        ["curl", "--silent", "--show-error", "--verbose", "--cacert", str(ca), *tls_options, url],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+
+
+def test_serve_ed25519_real_clients(tmp_path, capsys, registry, layout):
+    """serve accepts an Ed25519 pair; skopeo pushes and curl reads over TLS 1.2 and 1.3."""
+    root, leaf, key = ed25519_root_and_leaf(tmp_path / "pki")
+    cert_dir = trust_dir(tmp_path / "trust", root)
+    gateway = lab.GatewayProcess(
+        ["--listen", "127.0.0.1:0", "--upstream", registry.url, "--name", "localhost",
+         "--cert", str(leaf), "--key", str(key), "--certs-dir", str(tmp_path / "certs")]
+    ).start()
+    try:
+        pushed = skopeo_push(layout, gateway.addresses[0], cert_dir, host="localhost")
+        inspected = lab.skopeo(
+            "inspect", "--cert-dir", str(cert_dir), f"docker://localhost:{gateway.port}/certs/test:v1",
+            timeout=60,
+        )
+        untrusted = lab.skopeo("inspect", f"docker://localhost:{gateway.port}/certs/test:v1", timeout=60)
+        curl_12 = curl_tags(gateway.port, root, "--tlsv1.2", "--tls-max", "1.2")
+        curl_13 = curl_tags(gateway.port, root, "--tlsv1.3")
+    finally:
+        gateway.stop()
+    status, out = check(capsys, "--cert", str(leaf), "--key", str(key), "--ca", str(root),
+                        "--name", "localhost", "--dir", str(tmp_path / "certs"))
+    check_warning = next(line for line in out.splitlines() if "Ed25519" in line)
+
+    assert pushed.returncode == 0, pushed.stderr
+    assert inspected.returncode == 0, inspected.stderr
+    assert '"RepoTags": [\n        "v1"\n    ]' in inspected.stdout
+    assert untrusted.returncode == 1
+    assert lab.skopeo_error(untrusted).endswith(certcheck.GO_UNKNOWN_AUTHORITY)
+    assert curl_12.returncode == 0, curl_12.stderr
+    assert "SSL connection using TLSv1.2 / ECDHE-ECDSA-" in curl_12.stderr
+    assert json.loads(curl_12.stdout) == {"name": "certs/test", "tags": ["v1"]}
+    assert curl_13.returncode == 0, curl_13.stderr
+    assert "SSL connection using TLSv1.3 / " in curl_13.stderr
+    assert status == 0
+    assert check_warning.startswith("Warning: The certificate has an Ed25519 key.")
+    assert "Error:" not in out
+    serve_warning = check_warning.replace(
+        "Warning: The certificate", f"WARNING gateway.server: The certificate {leaf}", 1
+    )
+    assert serve_warning in gateway.output
+    assert "Chromium gets no TLS connection (net::ERR_CONNECTION_CLOSED)" in gateway.output
+    assert "without its issuer 'CN=Ed25519 Root'" in gateway.output
+    assert "A leaf issued directly by a root CA needs nothing more." in gateway.output
+
+
+def test_serve_ed448_rejected(tmp_path, capsys):
+    """serve and certs check both reject an Ed448 key with the same message."""
+    root, leaf, key = ed25519_root_and_leaf(tmp_path / "pki", key_kind="ed448")
+    status, out, err = run_cli(
+        capsys, "serve", "--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:9",
+        "--cert", str(leaf), "--key", str(key),
+    )
+    check_status, check_out = check(capsys, "--cert", str(leaf), "--key", str(key), "--ca", str(root))
+    message = (
+        f"The key in {str(key)!r} is Ed448, which Go's crypto/tls (docker, containerd, "
+        "podman, skopeo) does not support: use an ECDSA P-256 key."
+    )
+    assert status == 1
+    assert out == ""
+    assert err == f"Error: {message}\n"
+    assert check_status == 1
+    assert f"Error: {message}" in check_out

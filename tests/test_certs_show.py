@@ -77,3 +77,24 @@ def test_show_empty_folder(tmp_path, capsys):
         f"The folder {str(folder)!r} contains no certificates or keys. Create a local CA "
         f"in it with: registry-gateway certs init --dir {folder}\n"
     )
+
+
+def test_show_ed25519_key(tmp_path, capsys):
+    """An Ed25519 key that serve accepts is described, and matched to its certificate."""
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    key_path = folder / "gateway.key"
+    subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(key_path)],
+        check=True, capture_output=True, timeout=60,
+    )
+    key_path.chmod(0o600)
+    subprocess.run(
+        ["openssl", "req", "-x509", "-key", str(key_path), "-subj", "/CN=localhost", "-days", "30",
+         "-addext", "subjectAltName=DNS:localhost", "-out", str(folder / "gateway.crt")],
+        check=True, capture_output=True, timeout=60,
+    )
+    status, out, _ = run_cli(capsys, "certs", "show", "--dir", str(folder))
+    assert status == 0
+    assert f"Private key: Ed25519, mode 0600, matches {folder / 'gateway.crt'}" in out
+    assert "could not be read" not in out
