@@ -175,6 +175,8 @@ def print_result(request: Request, result: Result) -> None:
     for message in result.messages:
         print(message.line(), file=sys.stderr)
     for output in result.files[1:]:
+        if output.target is not None:
+            continue  # --write puts this file in place, and the loop below reports it.
         if output.copy_from is not None:
             print(f"Note: also copy {output.copy_from} to {output.path}.", file=sys.stderr)
         else:

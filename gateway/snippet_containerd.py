@@ -80,6 +80,8 @@ def build(request: Request) -> Result:
         result.files.append(ca_file)
     if config_output is not None:
         result.files.append(config_output)
+    if not request.write:
+        result.note(f"Save the hosts.toml above as {hosts_path}.")
     _notes(request, result, certs_dir, request.containerd_config is not None)
     return result
 

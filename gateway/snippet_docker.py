@@ -321,6 +321,10 @@ def _build_ca(request: Request, result: Result, source: SourceFile | None) -> No
             "machine that runs dockerd. dockerd reads it on the next pull or push, "
             "with no restart."
         )
+    elif request.write and request.platform == "windows":
+        result.note(f"dockerd reads {shown} after Restart-Service docker.")
+    elif request.write:
+        result.note(f"dockerd reads {shown} on the next pull or push, with no restart.")
     elif request.platform == "windows":
         result.note(f"Save the CA above as {shown}, then run Restart-Service docker.")
     else:

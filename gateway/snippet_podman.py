@@ -211,7 +211,13 @@ def _build_ca(request: Request, result: Result, paths) -> None:
     output = ca_output(request.ca, destination)
     output.target = destination if request.write else None
     result.files.append(output)
-    result.note(
-        f"Save the CA above as {destination}; podman reads it on the next pull or "
-        "push, and registries.conf needs no change."
-    )
+    if request.write:
+        result.note(
+            f"podman reads {destination} on the next pull or push, and "
+            "registries.conf needs no change."
+        )
+    else:
+        result.note(
+            f"Save the CA above as {destination}; podman reads it on the next pull or "
+            "push, and registries.conf needs no change."
+        )

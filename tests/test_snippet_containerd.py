@@ -217,3 +217,57 @@ def test_windows_not_offered(capsys):
     status, out, err = snippet(capsys, "--insecure", "--platform", "windows")
     assert status == 1
     assert "--platform" in err
+
+
+def file_lines(err: str, folder) -> list[str]:
+    """Return the lines of `err` that name a file under `folder`."""
+    return [line for line in err.splitlines() if str(folder) in line]
+
+
+def test_ca_print_only_names_copy(capsys, tmp_path, ca_file):
+    """Without --write, the notes name where to save hosts.toml and where to copy the CA."""
+    hosts = tmp_path / "certs.d" / HOST / "hosts.toml"
+    status, out, err = snippet(capsys, "--ca", ca_file, "--merge", hosts)
+    assert status == 0
+    assert file_lines(err, tmp_path) == [
+        f"Note: Save the hosts.toml above as {hosts}.",
+        f"Note: also copy {ca_file} to {hosts.parent / 'ca.crt'}.",
+    ]
+    assert not hosts.parent.exists()
+
+
+def test_ca_write_reports_write_only(capsys, tmp_path, ca_file):
+    """With --write, the notes report only what was written, then only what was left unchanged."""
+    hosts = tmp_path / "certs.d" / HOST / "hosts.toml"
+    ca_copy = hosts.parent / "ca.crt"
+    status, out, err = snippet(capsys, "--ca", ca_file, "--merge", hosts, "--write")
+    assert status == 0
+    assert file_lines(err, tmp_path) == [f"Note: wrote {hosts}.", f"Note: wrote {ca_copy}."]
+    assert "also copy" not in err
+    assert "Save " not in err
+
+    status, out, err = snippet(capsys, "--ca", ca_file, "--merge", hosts, "--write")
+    assert status == 0
+    assert file_lines(err, tmp_path) == [
+        f"Note: {hosts} already has this content; left unchanged.",
+        f"Note: {ca_copy} already has this content; left unchanged.",
+    ]
+    assert "also copy" not in err
+
+
+def test_config_write_reports_write_only(capsys, tmp_path):
+    """A merged config.toml is shown in full without --write, and only reported with it."""
+    config = tmp_path / "config.toml"
+    config.write_text("version = 2\n")
+    hosts = tmp_path / "certs.d" / HOST / "hosts.toml"
+    status, out, err = snippet(capsys, "--insecure", "--containerd-config", config, "--merge", hosts)
+    assert status == 0
+    assert f"Note: also write {config}:" in err
+    assert config.read_text() == "version = 2\n"
+
+    status, out, err = snippet(capsys, "--insecure", "--containerd-config", config, "--merge", hosts, "--write")
+    assert status == 0
+    assert "also write" not in err
+    assert f"Note: wrote {config} (the previous file is " in err
+    assert f"Note: wrote {hosts}." in err
+    assert "config_path" in config.read_text()

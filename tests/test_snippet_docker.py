@@ -625,3 +625,23 @@ def test_crlf_line_endings_kept(tmp_path, before, after):
     )
     assert status == 0
     assert path.read_bytes() == after.encode()
+
+
+def test_ca_notes_follow_write(capsys, tmp_path, monkeypatch, ca_file):
+    """Without --write the note names where to save the CA, and with --write only the write is reported."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    written = tmp_path / ".config/docker/certs.d" / "registry.example:5000" / "ca.crt"
+    platform_path = "~/.config/docker/certs.d/registry.example:5000/ca.crt"
+    args = ["docker", "registry.example:5000", "--ca", ca_file, "--platform", "rootless"]
+    status, out, err = run_snippet(capsys, *args)
+    assert status == 0
+    assert f"Note: Save the CA above as {platform_path}; dockerd reads it on the next pull" in err
+    assert "Note: wrote" not in err
+    assert not written.exists()
+
+    status, out, err = run_snippet(capsys, *args, "--write")
+    assert status == 0
+    assert "Save the CA" not in err
+    assert f"Note: dockerd reads {platform_path} on the next pull or push, with no restart." in err
+    assert f"Note: wrote {written}." in err

@@ -222,3 +222,20 @@ def test_machine_write_rejected(capsys):
     status, out, err = snippet(capsys, "--insecure", "--platform", "desktop", "--write")
     assert status == 1
     assert "podman machine ssh" in err
+
+
+def test_ca_notes_follow_write(capsys, tmp_path, monkeypatch, ca_file):
+    """Without --write the note names where to save the CA, and with --write only the write is reported."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    written = tmp_path / ".config/containers/certs.d" / HOST / "ca.crt"
+    status, out, err = snippet(capsys, "--ca", ca_file, "--platform", "rootless")
+    assert status == 0
+    assert f"Note: Save the CA above as {written}; podman reads it on the next pull" in err
+    assert "Note: wrote" not in err
+    assert not written.exists()
+
+    status, out, err = snippet(capsys, "--ca", ca_file, "--platform", "rootless", "--write")
+    assert status == 0
+    assert "Save the CA" not in err
+    assert f"Note: podman reads {written} on the next pull or push" in err
+    assert f"Note: wrote {written}." in err
