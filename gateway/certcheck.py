@@ -560,9 +560,10 @@ def _check_algorithms(report: Report, cert, is_leaf: bool, fix: str) -> None:
 
 def ed25519_warning(certificate_label: str, fix: str) -> str:
     """Build the warning for an Ed25519 certificate, which `serve` logs too."""
-    # Checked against the gateway: skopeo 1.9 (Go 1.19) and curl 7.88 (OpenSSL 3.0)
-    # connect over TLS 1.2 and 1.3. Chromium 156 offers no signature algorithm for
-    # the key, so OpenSSL aborts with NO_SUITABLE_SIGNATURE_ALGORITHM.
+    # Checked against the gateway: skopeo 1.9 and dockerd 20.10 (both Go 1.19) push
+    # and pull, and curl 7.88 (OpenSSL 3.0) connects over TLS 1.2 and 1.3. Chromium
+    # 156 offers no signature algorithm for the key, so the handshake fails with
+    # OpenSSL's NO_SUITABLE_SIGNATURE_ALGORITHM.
     return (
         f"{certificate_label} has an Ed25519 key. Go's crypto/tls (docker, "
         "containerd, podman, skopeo) and OpenSSL 1.1.1 or later (curl) accept it, "

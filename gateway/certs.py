@@ -52,8 +52,8 @@ LEAF_KEY = "gateway.key"
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 # A key type the gateway serves TLS with but never signs certificates with.
-# skopeo 1.9 (Go 1.19) and curl 7.88 (OpenSSL 3.0) complete TLS 1.2 and 1.3
-# handshakes with an Ed25519 certificate.
+# skopeo 1.9 and dockerd 20.10 (Go 1.19) and curl 7.88 (OpenSSL 3.0) connect to
+# a gateway that serves an Ed25519 certificate.
 ServingKey = PrivateKey | ed25519.Ed25519PrivateKey
 
 

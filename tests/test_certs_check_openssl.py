@@ -212,8 +212,10 @@ def test_local_leaf_fix_is_command(tmp_path, capsys):
     assert "either reissue it" not in out
 
 
-def ed25519_root_and_leaf(folder: Path, key_kind: str = "ed25519") -> tuple[Path, Path, Path]:
-    """An Ed25519 root and a leaf for the loopback names signed directly by it."""
+def ed25519_root_and_leaf(
+    folder: Path, key_kind: str = "ed25519", sans: str = "DNS:localhost,IP:127.0.0.1,IP:::1"
+) -> tuple[Path, Path, Path]:
+    """An Ed25519 root and a leaf for `sans` signed directly by it; return root, leaf, key."""
     folder.mkdir(parents=True, exist_ok=True)
     root_key = openssl_key(folder / "Root.key", "ed25519")
     openssl(
@@ -224,7 +226,7 @@ def ed25519_root_and_leaf(folder: Path, key_kind: str = "ed25519") -> tuple[Path
     leaf_key = folder / "leaf.key"
     openssl("genpkey", "-algorithm", key_kind, "-out", str(leaf_key))
     leaf_key.chmod(0o600)
-    extensions = "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nextendedKeyUsage=serverAuth\n"
+    extensions = f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n"
     leaf = openssl_sign(folder, "leaf", leaf_key, "Root", extensions)
     return folder / "Root.crt", leaf, leaf_key
 

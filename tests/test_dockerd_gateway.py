@@ -6,6 +6,7 @@ import pytest
 
 from gateway import lab
 from tests.dockerd import TEST_NAME, last_line
+from tests.test_certs_check_openssl import ed25519_root_and_leaf
 
 pytestmark = pytest.mark.dockerd
 
@@ -90,3 +91,27 @@ def test_docker_push_to_plain_registry_fails(dockerd, v6_registry, image_layout)
         f'Get "https://{TEST_NAME}:{v6_registry.port}/v2/": '
         "http: server gave HTTP response to HTTPS client"
     )
+
+
+def test_docker_push_pull_ed25519(dockerd, v6_registry, image_layout, tmp_path):
+    """dockerd pushes and pulls through a gateway serving an Ed25519 leaf from an Ed25519 CA."""
+    root, leaf, key = ed25519_root_and_leaf(tmp_path / "pki", sans=f"DNS:{TEST_NAME}")
+    gateway = lab.GatewayProcess(
+        ["--listen", "[::1]:0", "--upstream", v6_registry.url, "--name", TEST_NAME,
+         "--cert", str(leaf), "--key", str(key), "--certs-dir", str(tmp_path / "certs")]
+    ).start()
+    try:
+        reference = f"{TEST_NAME}:{gateway.port}/dockerd/ed25519:v1"
+        dockerd.trust(f"{TEST_NAME}:{gateway.port}", root)
+        dockerd.load_image(image_layout, reference)
+        push = dockerd.docker("push", reference)
+        removed = dockerd.docker("rmi", reference)
+        pull = dockerd.docker("pull", reference)
+    finally:
+        gateway.stop()
+    assert push.returncode == 0, push.stderr + push.stdout
+    assert "digest: sha256:" in push.stdout
+    assert removed.returncode == 0, removed.stderr
+    assert pull.returncode == 0, pull.stderr + pull.stdout
+    assert f"Downloaded newer image for {reference}" in pull.stdout
+    assert "has an Ed25519 key" in gateway.output
