@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import (
     AuthorityInformationAccessOID,
     ExtendedKeyUsageOID,
@@ -193,6 +193,8 @@ def _signature_error(cert: x509.Certificate, issuer: x509.Certificate) -> str:
             return "x509: ECDSA verification failure"
         if isinstance(issuer.public_key(), rsa.RSAPublicKey):
             return "crypto/rsa: verification error"
+        if isinstance(issuer.public_key(), ed25519.Ed25519PublicKey):
+            return "x509: Ed25519 verification failure"
         return "x509: signature verification failure"
     return ""
 

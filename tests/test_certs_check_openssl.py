@@ -3,13 +3,15 @@
 Each chain is root, intermediate and leaf. The cases are Name Constraints on the
 intermediate, a SHA-1 signed leaf, a file with the intermediate first, an
 Ed25519 leaf key, and the fixes offered for a leaf the local CA did not issue.
-`serve` runs an Ed25519 pair in front of the real registry for skopeo and curl.
+`serve` runs an Ed25519 pair in front of the real registry for skopeo and curl,
+and probe must predict what skopeo prints for it.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -287,17 +289,49 @@ def test_serve_ed25519_real_clients(tmp_path, capsys, registry, layout):
 def test_serve_ed448_rejected(tmp_path, capsys):
     """serve and certs check both reject an Ed448 key with the same message."""
     root, leaf, key = ed25519_root_and_leaf(tmp_path / "pki", key_kind="ed448")
-    status, out, err = run_cli(
-        capsys, "serve", "--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:9",
-        "--cert", str(leaf), "--key", str(key),
+    # A subprocess with a timeout, so that a serve that wrongly starts cannot hang the suite.
+    served = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--listen", "127.0.0.1:0",
+         "--upstream", "http://127.0.0.1:9", "--cert", str(leaf), "--key", str(key)],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )
     check_status, check_out = check(capsys, "--cert", str(leaf), "--key", str(key), "--ca", str(root))
     message = (
         f"The key in {str(key)!r} is Ed448, which Go's crypto/tls (docker, containerd, "
         "podman, skopeo) does not support: use an ECDSA P-256 key."
     )
-    assert status == 1
-    assert out == ""
-    assert err == f"Error: {message}\n"
+    assert served.returncode == 1
+    assert served.stdout == ""
+    assert served.stderr == f"Error: {message}\n"
     assert check_status == 1
     assert f"Error: {message}" in check_out
+
+
+def test_probe_ed25519_same_name_ca(tmp_path, capsys, registry):
+    """probe predicts skopeo's text for a trusted Ed25519 CA with the issuer's name but another key."""
+    root, leaf, key = ed25519_root_and_leaf(tmp_path / "pki")
+    other = tmp_path / "other"
+    other.mkdir()
+    other_key = openssl_key(other / "Root.key", "ed25519")
+    openssl(
+        "req", "-x509", "-key", str(other_key), "-subj", "/CN=Ed25519 Root", "-days", "365",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", str(other / "Root.crt"),
+    )
+    gateway = lab.GatewayProcess(
+        ["--listen", "127.0.0.1:0", "--upstream", registry.url, "--name", "localhost",
+         "--cert", str(leaf), "--key", str(key), "--certs-dir", str(tmp_path / "certs")]
+    ).start()
+    try:
+        cert_dir = trust_dir(tmp_path / "trust", other / "Root.crt")
+        result = lab.skopeo("inspect", "--cert-dir", str(cert_dir), f"docker://localhost:{gateway.port}/a/b:v1", timeout=60)
+        status, out, _ = run_cli(
+            capsys, "probe", f"localhost:{gateway.port}", "--ca", str(other / "Root.crt"), "--json"
+        )
+    finally:
+        gateway.stop()
+    go_message = lab.skopeo_error(result).rsplit('/v2/": ', 1)[1]
+    assert result.returncode == 1
+    assert '"x509: Ed25519 verification failure"' in go_message
+    assert status == 1
+    assert json.loads(out)["go_error"] == go_message
