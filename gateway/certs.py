@@ -283,7 +283,7 @@ def load_certs(path: Path) -> list[x509.Certificate]:
 def load_key(path: Path) -> PrivateKey:
     """Read an unencrypted ECDSA or RSA PEM key, such as a CA key that issues certificates."""
     key = _read_key(path)
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+    if not isinstance(key, PrivateKey):
         raise CertificateError(
             f"The key in {str(path)!r} is {key_type_name(key)}, but the gateway signs "
             "only with ECDSA or RSA keys: use an ECDSA P-256 key."
@@ -294,7 +294,7 @@ def load_key(path: Path) -> PrivateKey:
 def load_serving_key(path: Path) -> ServingKey:
     """Read an unencrypted ECDSA, RSA or Ed25519 PEM key to serve TLS with."""
     key = _read_key(path)
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
+    if not isinstance(key, ServingKey):
         raise CertificateError(
             f"The key in {str(path)!r} is {key_type_name(key)}, which Go's crypto/tls "
             "(docker, containerd, podman, skopeo) does not support: use an ECDSA P-256 key."
@@ -303,7 +303,7 @@ def load_serving_key(path: Path) -> ServingKey:
 
 
 def key_type_name(key) -> str:
-    """Name a key's algorithm as `DSA` or `Ed448`, from its `cryptography` class."""
+    """Return a key's algorithm name, such as `DSA` or `Ed448`, from its `cryptography` class."""
     return type(key).__name__.removeprefix("_").removesuffix("PrivateKey")
 
 

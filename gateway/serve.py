@@ -104,7 +104,7 @@ def prepare_tls(config: Config) -> tuple[Path, Path, Path | None]:
 
 
 def check_user_certificate(config: Config) -> None:
-    """Reject a key that does not match the certificate, and warn about faults that clients reject."""
+    """Reject a mismatched key and warn about certificate faults that clients reject."""
     assert config.cert is not None and config.key is not None
     chain = certs.load_certs(config.cert)
     key = certs.load_serving_key(config.key)

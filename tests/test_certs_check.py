@@ -481,7 +481,9 @@ def exit_status_cases(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
         "error": issue(ca_cert, ca_key, ["localhost"], client=True),
         "both": issue(ca_cert, ca_key, ["localhost"], days=10, client=True),
     }
-    return {label: write_pair(tmp_path, label, [leaf], key) for label, (leaf, key) in leaves.items()}
+    return {
+        label: write_pair(tmp_path, label, [leaf], key) for label, (leaf, key) in leaves.items()
+    }
 
 
 @pytest.mark.parametrize(
@@ -500,7 +502,8 @@ def exit_status_cases(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
 def test_check_exit_status(tmp_path, capsys, case, strict, expected):
     """0 without errors, 1 with any error, 3 for warnings alone under --strict."""
     cert_path, key_path = exit_status_cases(tmp_path)[case]
-    args = ["--cert", str(cert_path), "--key", str(key_path), "--ca", str(tmp_path / "certs" / "ca.crt")]
+    ca_path = tmp_path / "certs" / "ca.crt"
+    args = ["--cert", str(cert_path), "--key", str(key_path), "--ca", str(ca_path)]
     status, out = check(capsys, *args, *(["--strict"] if strict else []))
     assert status == expected, out
 

@@ -308,7 +308,7 @@ def test_serve_ed448_rejected(tmp_path, capsys):
 
 
 def test_probe_ed25519_same_name_ca(tmp_path, capsys, registry):
-    """probe predicts skopeo's text for a trusted Ed25519 CA with the issuer's name but another key."""
+    """probe predicts skopeo's text for a trusted Ed25519 CA of the issuer's name but another key."""
     root, leaf, key = ed25519_root_and_leaf(tmp_path / "pki")
     other = tmp_path / "other"
     other.mkdir()
@@ -324,7 +324,8 @@ def test_probe_ed25519_same_name_ca(tmp_path, capsys, registry):
     ).start()
     try:
         cert_dir = trust_dir(tmp_path / "trust", other / "Root.crt")
-        result = lab.skopeo("inspect", "--cert-dir", str(cert_dir), f"docker://localhost:{gateway.port}/a/b:v1", timeout=60)
+        image = f"docker://localhost:{gateway.port}/a/b:v1"
+        result = lab.skopeo("inspect", "--cert-dir", str(cert_dir), image, timeout=60)
         status, out, _ = run_cli(
             capsys, "probe", f"localhost:{gateway.port}", "--ca", str(other / "Root.crt"), "--json"
         )

@@ -348,3 +348,25 @@ def test_skopeo_name_constraints(tmp_path, layout, inside):
             "x509: a root or intermediate certificate is not authorized to sign for this "
             'name: DNS name "outside.invalid" is not permitted by any constraint'
         )
+
+
+def test_issue_ed25519_ca_key_rejected(tmp_path, capsys):
+    """An Ed25519 CA key is rejected with its type named, because the gateway signs only with ECDSA or RSA."""
+    key_path = tmp_path / "ca.key"
+    subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(key_path)],
+        check=True, capture_output=True, timeout=60,
+    )
+    key_path.chmod(0o600)
+    subprocess.run(
+        ["openssl", "req", "-x509", "-key", str(key_path), "-subj", "/CN=Ed25519 CA", "-days", "30",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-out", str(tmp_path / "ca.crt")],
+        check=True, capture_output=True, timeout=60,
+    )
+    status, out, err = run_cli(capsys, "certs", "issue", "--dir", str(tmp_path), "localhost")
+    assert status == 1
+    assert err == (
+        f"Error: The key in {str(key_path)!r} is Ed25519, but the gateway signs only with "
+        "ECDSA or RSA keys: use an ECDSA P-256 key.\n"
+    )
+    assert not (tmp_path / "gateway.crt").exists()

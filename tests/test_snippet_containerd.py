@@ -260,12 +260,13 @@ def test_config_write_reports_write_only(capsys, tmp_path):
     config = tmp_path / "config.toml"
     config.write_text("version = 2\n")
     hosts = tmp_path / "certs.d" / HOST / "hosts.toml"
-    status, out, err = snippet(capsys, "--insecure", "--containerd-config", config, "--merge", hosts)
+    args = ["--insecure", "--containerd-config", config, "--merge", hosts]
+    status, out, err = snippet(capsys, *args)
     assert status == 0
     assert f"Note: also write {config}:" in err
     assert config.read_text() == "version = 2\n"
 
-    status, out, err = snippet(capsys, "--insecure", "--containerd-config", config, "--merge", hosts, "--write")
+    status, out, err = snippet(capsys, *args, "--write")
     assert status == 0
     assert "also write" not in err
     assert f"Note: wrote {config} (the previous file is " in err

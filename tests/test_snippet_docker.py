@@ -628,7 +628,7 @@ def test_crlf_line_endings_kept(tmp_path, before, after):
 
 
 def test_ca_notes_follow_write(capsys, tmp_path, monkeypatch, ca_file):
-    """Without --write the note names where to save the CA, and with --write only the write is reported."""
+    """Without --write the note names where to save the CA; with it, only the write is reported."""
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     written = tmp_path / ".config/docker/certs.d" / "registry.example:5000" / "ca.crt"

@@ -225,7 +225,7 @@ def test_machine_write_rejected(capsys):
 
 
 def test_ca_notes_follow_write(capsys, tmp_path, monkeypatch, ca_file):
-    """Without --write the note names where to save the CA, and with --write only the write is reported."""
+    """Without --write the note names where to save the CA; with it, only the write is reported."""
     monkeypatch.setenv("HOME", str(tmp_path))
     written = tmp_path / ".config/containers/certs.d" / HOST / "ca.crt"
     status, out, err = snippet(capsys, "--ca", ca_file, "--platform", "rootless")
