@@ -499,12 +499,6 @@ def validate(config: Config) -> None:
 def _validate_metrics_listen(config: Config) -> None:
     metrics = config.metrics_listen
     assert metrics is not None
-    if config.workers > 1:
-        # NOTE: each worker has its own counters and nothing merges them yet.
-        raise ConfigError(
-            f"metrics_listen = \"{metrics}\" works only with workers = 1: each worker "
-            "process keeps its own counters. Set workers = 1, or leave metrics_listen out."
-        )
     for listener in config.listen:
         if metrics.port != 0 and (listener.host, listener.port) == (metrics.host, metrics.port):
             raise ConfigError(

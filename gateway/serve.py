@@ -23,7 +23,7 @@ from gateway.config import (
     validate,
 )
 from gateway.errors import CertificateError
-from gateway.server import Gateway, make_ssl_context
+from gateway.server import Gateway
 from gateway.status import TrustInfo, trust_command, upstream_state
 
 log = logging.getLogger("gateway.server")
@@ -223,12 +223,11 @@ def run(args: argparse.Namespace) -> int:
             for address in addresses:
                 print(f"Listening on https://{address} -> {config.upstream}", flush=True)
 
-        def make_context():
-            return make_ssl_context(cert, key, config.client_ca)
+        def make_worker_reloader(renew: bool) -> tlsreload.CertificateReloader:
+            return make_reloader(config, cert, key, ca_path, renew=renew)
 
-        # NOTE: worker processes load the certificate once; SIGHUP, file-change
-        # reload and renewal apply only with workers = 1.
-        return workers.run(config, make_context, announce, trust)
+        reloader.log_serving(warn_names=False)
+        return workers.run(config, make_worker_reloader, announce, trust)
     try:
         return eventloop.run(
             serve_forever(config, reloader.context, trust, reloader, cert), config.event_loop
@@ -240,15 +239,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def make_reloader(
-    config: Config, cert: Path, key: Path, ca_path: Path | None
+    config: Config, cert: Path, key: Path, ca_path: Path | None, renew: bool = True
 ) -> tlsreload.CertificateReloader:
-    """Load the serving pair; renew it only when it comes from the gateway's own CA."""
+    """Load the serving pair; renew it only when it comes from the gateway's own CA.
+
+    `renew=False` makes a reloader that only reloads, for the workers that leave
+    renewal to one other worker.
+    """
     return tlsreload.CertificateReloader(
         cert,
         key,
         config.client_ca,
         names=config.names,
-        renew_dir=config.certs_dir if ca_path is not None else None,
+        renew_dir=config.certs_dir if ca_path is not None and renew else None,
         renew_names=config.certificate_names(),
     )
 

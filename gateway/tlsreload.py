@@ -205,6 +205,10 @@ class CertificateReloader:
             ca_chain, ca_key = certstore.load_ca(self.renew_dir)
             key = certs.generate_key()
             leaf = certs.issue_leaf(ca_chain[0], ca_key, key, names)
+            # NOTE: the pair is two separate renames. Another worker that polls
+            # between them rejects the pair once and loads it at its next poll.
+            # A process killed between them leaves a mismatched pair, which a
+            # replacement worker fails to load until serve restarts and reissues it.
             certs.write_key(self.key_path, key)
             certs.write_certs(self.cert_path, [leaf])
         except (CertificateError, OSError) as exc:

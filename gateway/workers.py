@@ -7,8 +7,17 @@ bound with SO_REUSEPORT so that the kernel spreads new connections across the
 workers (Linux 3.9 and later balance connections between such sockets). The
 parent binds every address first, without listening, so that port 0 resolves to
 one port for all workers and the port stays reserved while workers restart. It
-then forks the workers, forwards SIGTERM and SIGINT to them, and replaces a
-worker that dies.
+then forks the workers, forwards SIGTERM, SIGINT and SIGHUP to them, and
+replaces a worker that dies.
+
+Each worker reloads its own certificate on SIGHUP and when the files change.
+Only worker 1 renews the gateway's own leaf, so that two processes never
+rewrite the pair at once. The supervisor starts a replacement for a worker only
+after it has reaped the old one, so worker 1 is one process at any time. The
+other workers pick the renewed files up with their file-change poll. With
+`metrics_listen`, the parent binds the metrics address and creates a private
+folder for the shared counters (see `gateway.metrics`), and worker 1 serves
+`/metrics` with the sums over all workers.
 """
 
 from __future__ import annotations
@@ -18,23 +27,38 @@ import dataclasses
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
-import ssl
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from gateway import eventloop
+from prometheus_client import multiprocess
+
+from gateway import eventloop, metrics
 from gateway.config import Config, Listener
 from gateway.errors import ConfigError, GatewayError
 from gateway.server import Gateway, bind_listener
 from gateway.status import TrustInfo
+from gateway.tlsreload import CertificateReloader
 
 log = logging.getLogger("gateway.server")
 
 READY_TIMEOUT = 30.0
 RESTART_DELAY = 1.0
+# The worker that renews the gateway's own leaf and serves /metrics.
+LEAD_WORKER = 1
+# Windows has no SIGHUP, and check_platform stops workers there before any use.
+FORWARDED_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
+)
+
+# A function that loads the serving pair for one worker. Its argument is True
+# for the worker that renews a leaf from the gateway's own CA.
+MakeReloader = Callable[[bool], CertificateReloader]
 
 
 def check_platform() -> None:
@@ -56,17 +80,33 @@ def reserve_ports(config: Config) -> tuple[Config, list[socket.socket]]:
     return dataclasses.replace(config, listen=listeners), sockets
 
 
+@dataclasses.dataclass
+class _Shared:
+    """Resources that the parent prepares once and every worker inherits."""
+
+    make_reloader: MakeReloader
+    trust: TrustInfo | None = None
+    # The folder of the shared metric files and the bound metrics socket, with
+    # metrics_listen set.
+    metrics_dir: Path | None = None
+    metrics_sock: socket.socket | None = None
+
+
 def run(
     config: Config,
-    make_context: Callable[[], ssl.SSLContext],
+    make_reloader: MakeReloader,
     announce: Callable[[list[str]], None],
     trust: TrustInfo | None = None,
 ) -> int:
     """Fork `config.workers` workers, supervise them until a signal, and return 0."""
     check_platform()
     config, reserved = reserve_ports(config)
-    supervisor = _Supervisor(config, make_context, trust)
+    shared = _Shared(make_reloader, trust)
+    supervisor = _Supervisor(config, shared)
     try:
+        if config.metrics_listen is not None:
+            shared.metrics_sock = bind_listener(config.metrics_listen)
+            shared.metrics_dir = Path(tempfile.mkdtemp(prefix="registry-gateway-metrics-"))
         supervisor.start_all()
         announce([str(listener) for listener in config.listen])
         return supervisor.wait()
@@ -74,19 +114,23 @@ def run(
         supervisor.terminate()
         for sock in reserved:
             sock.close()
+        if shared.metrics_sock is not None:
+            shared.metrics_sock.close()
+        if shared.metrics_dir is not None:
+            shutil.rmtree(shared.metrics_dir, ignore_errors=True)
 
 
 class _Supervisor:
-    def __init__(self, config: Config, make_context: Callable[[], ssl.SSLContext], trust: TrustInfo | None = None):
+    def __init__(self, config: Config, shared: _Shared):
         self.config = config
-        self.make_context = make_context
-        self.trust = trust
+        self.shared = shared
         self.workers: dict[int, int] = {}
         self.stopping = False
 
     def start_all(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hangup)
         pending = {}
         for number in range(1, self.config.workers + 1):
             pid, ready = self._fork(number)
@@ -112,7 +156,15 @@ class _Supervisor:
     def _fork(self, number: int, report_ready: bool = True) -> tuple[int, int | None]:
         """Fork worker `number`; return its pid and the pipe it reports readiness on."""
         read_end, write_end = os.pipe() if report_ready else (None, None)
-        pid = os.fork()
+        # A signal that reached the child before it replaced the parent's handlers
+        # would run them there and signal its siblings. So the signals stay
+        # blocked across the fork, and the child unblocks them in _worker_main.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            raise
         if pid == 0:  # pragma: no cover - runs in the child, seen through its exit status.
             # The child must never return into the parent's code below, whose
             # cleanup would stop the other workers, so every path ends in _exit.
@@ -120,11 +172,12 @@ class _Supervisor:
             try:
                 if read_end is not None:
                     os.close(read_end)
-                code = _worker_main(self.config, self.make_context, number, write_end, self.trust)
+                code = _worker_main(self.config, self.shared, number, write_end)
             except BaseException:
                 log.exception("Worker %d failed", number)
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         if write_end is not None:
             os.close(write_end)
         self.workers[pid] = number
@@ -133,11 +186,24 @@ class _Supervisor:
 
     def _on_signal(self, signum, _frame) -> None:
         self.stopping = True
-        for pid in self.workers:
+        self._signal_workers(signal.SIGTERM)
+
+    def _on_hangup(self, _signum, _frame) -> None:
+        # Each worker reloads its certificate; one starting now loads the files anyway.
+        self._signal_workers(signal.SIGHUP)
+
+    def _signal_workers(self, signum: int) -> None:
+        for pid in list(self.workers):
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signum)
             except ProcessLookupError:
                 pass
+
+    def _forget(self, pid: int) -> int | None:
+        """Drop a reaped worker and its live gauge files; return its number."""
+        if self.shared.metrics_dir is not None:
+            multiprocess.mark_process_dead(pid, str(self.shared.metrics_dir))
+        return self.workers.pop(pid, None)
 
     def wait(self) -> int:
         while self.workers:
@@ -145,7 +211,7 @@ class _Supervisor:
                 pid, status = os.waitpid(-1, 0)
             except ChildProcessError:
                 break
-            number = self.workers.pop(pid, None)
+            number = self._forget(pid)
             if number is None or self.stopping:
                 continue
             log.warning(
@@ -167,18 +233,23 @@ class _Supervisor:
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
-            self.workers.pop(pid, None)
+            self._forget(pid)
 
 
-def _worker_main(config: Config, make_context, number: int, ready_fd: int | None, trust: TrustInfo | None = None) -> int:  # pragma: no cover
+def _worker_main(config: Config, shared: _Shared, number: int, ready_fd: int | None) -> int:  # pragma: no cover
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_DFL)
+    # SIGHUP is ignored until the event loop handles it. The worker reads the
+    # certificate files after this point, and its file poll notices a change
+    # made before the handler is in place.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
     for handler in logging.getLogger("gateway").handlers:
         handler.setFormatter(
             logging.Formatter(f"%(asctime)s %(levelname)s %(name)s (worker {number}): %(message)s")
         )
     try:
-        return eventloop.run(_serve_worker(config, make_context(), ready_fd, trust), config.event_loop)
+        return eventloop.run(_serve_worker(config, shared, number, ready_fd), config.event_loop)
     except GatewayError as exc:
         if ready_fd is None:
             log.error("Worker %d failed to start: %s", number, exc)
@@ -187,17 +258,28 @@ def _worker_main(config: Config, make_context, number: int, ready_fd: int | None
         return 1
 
 
-async def _serve_worker(config: Config, context: ssl.SSLContext, ready_fd: int | None, trust: TrustInfo | None = None) -> int:  # pragma: no cover
-    gateway = Gateway(config, context, trust)
+async def _serve_worker(config: Config, shared: _Shared, number: int, ready_fd: int | None) -> int:  # pragma: no cover
+    lead = number == LEAD_WORKER
+    reloader = shared.make_reloader(lead)
+    gateway = Gateway(config, reloader.context, shared.trust)
     await gateway.start()
+    reloader.attach(gateway)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload_on_signal)
+    worker_metrics = None
+    if shared.metrics_dir is not None:
+        sock = shared.metrics_sock if lead else None
+        worker_metrics = await metrics.start_worker(gateway, reloader.cert_path, shared.metrics_dir, sock)
     if ready_fd is not None:
         os.write(ready_fd, b"ready")
         os.close(ready_fd)
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
+    await reloader.stop()
     await gateway.stop()
+    if worker_metrics is not None:
+        await worker_metrics.close()
     return 0
