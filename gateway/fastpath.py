@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import os
+import random
 import re
 import time
 from collections import deque
@@ -54,7 +54,7 @@ from gateway.proxy import (
     FORWARDING,
     HOP_BY_HOP,
     UPLOAD_TLS_READ,
-    access_log,
+    ACCESS,
     loggable_path,
     redacted_headers,
     registry_error,
@@ -663,7 +663,7 @@ class ClientConnection(asyncio.Protocol):
         self.pool = pool
         self.requests += 1
         self.started = time.monotonic()
-        self.request_id = os.urandom(8).hex()
+        self.request_id = "%016x" % random.getrandbits(64)
         self.bytes_in = 0
         self.bytes_out = 0
         self.request_done = False
@@ -1165,17 +1165,19 @@ class ClientConnection(asyncio.Protocol):
         if proxy.in_flight == 0:
             proxy._idle.set()
         head = self.request
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                '%s "%s %s" %d in=%d out=%d %.3fs id=%s',
-                self.peer,
-                head.method.decode(),
-                loggable_path(head.target.decode("latin-1")),
-                code,
-                self.bytes_in,
-                self.bytes_out,
-                time.monotonic() - self.started,
-                self.request_id,
+        if ACCESS.enabled():
+            ACCESS.write(
+                '%s "%s %s" %d in=%d out=%d %.3fs id=%s'
+                % (
+                    self.peer,
+                    head.method.decode(),
+                    loggable_path(head.target.decode("latin-1")),
+                    code,
+                    self.bytes_in,
+                    self.bytes_out,
+                    time.monotonic() - self.started,
+                    self.request_id,
+                )
             )
         metrics = proxy.metrics
         if metrics is not None:

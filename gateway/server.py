@@ -29,7 +29,7 @@ from gateway.fastpath import FastPath
 from gateway.logs import RateLimitedLog
 from gateway.protocol import GatewayServer
 from gateway.status import TrustInfo
-from gateway.proxy import API_VERSION, API_VERSION_HEADER, Proxy, registry_error
+from gateway.proxy import ACCESS, API_VERSION, API_VERSION_HEADER, Proxy, registry_error
 
 log = logging.getLogger("gateway.server")
 overload_log = RateLimitedLog(log)
@@ -385,6 +385,7 @@ class Gateway:
         if self.fast is not None:
             await self.fast.close()
         await self.proxy.close()
+        ACCESS.flush()
 
 
 async def _peek_first_byte(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
