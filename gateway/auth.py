@@ -95,6 +95,17 @@ class BasicAuth:
             self._verified.clear()
         self._verified[fingerprint] = time.monotonic() + CACHE_SECONDS
 
+    def cached_user(self, header: str | None) -> str | None:
+        """Return the user name when `header` holds credentials verified recently, else None.
+
+        No bcrypt runs here, so the fast path can ask without leaving the event loop.
+        """
+        user, password = parse_basic(header)
+        if user is None:
+            return None
+        fingerprint = hmac.new(self._key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
+        return user if self._remembered(fingerprint) else None
+
     async def check(self, header: str | None, peer: str | None) -> str | None:
         """Return the user name when `header` holds valid credentials, else None."""
         user, password = parse_basic(header)

@@ -88,6 +88,7 @@ class Config:
     event_loop: str = "auto"
     workers: int = 1
     metrics_listen: Listener | None = None
+    fast_path: bool = True
 
     @property
     def primary_name(self) -> str:
@@ -311,6 +312,7 @@ def _apply_top_level(config: Config, data: dict[str, Any], path: Path, base: Pat
         "event_loop",
         "workers",
         "metrics_listen",
+        "fast_path",
         "upstream",
         "tls",
         "route",
@@ -346,6 +348,8 @@ def _apply_top_level(config: Config, data: dict[str, Any], path: Path, base: Pat
         config.workers = parse_workers(_expect(data, "workers", (int, str), ""))
     if data.get("metrics_listen"):
         config.metrics_listen = parse_listen(_expect(data, "metrics_listen", str, ""))
+    if "fast_path" in data:
+        config.fast_path = _expect(data, "fast_path", bool, "")
 
     upstream = data.get("upstream")
     if isinstance(upstream, str):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
+import re
 import time
 
 
@@ -37,3 +40,116 @@ class RateLimitedLog:
             # Keys are a fixed set in practice; this bounds memory if one ever is not.
             self._windows.clear()
         return True
+
+
+# The format cli.setup_logging and the workers give the gateway's handler; the
+# part between the logger name and the colon (" (worker 2)") is kept as is.
+_STANDARD_FORMAT = re.compile(r"%\(asctime\)s %\(levelname\)s %\(name\)s([^%]*): %\(message\)s\Z")
+BATCH_LINES = 256
+
+
+class AccessLog:
+    """The access log: one line per request, cheap enough for the hot path.
+
+    Through `logging`, a line costs a LogRecord, a Formatter pass, a lock and a
+    write() with a flush, about 40 microseconds: a third of the gateway's CPU per
+    small request. When the gateway's logging is set up the standard way (one
+    plain StreamHandler on the `gateway` logger with the standard format, no
+    filters), this writes the same text itself and sends the lines of one event
+    loop pass in one write, as nginx's `access_log ... buffer=` does. With any
+    other setup (a test's capture handler, a file handler, filters) every line
+    goes through `logging` as usual.
+    """
+
+    def __init__(self, logger: logging.Logger):
+        self.logger = logger
+        self._pending: list[str] = []
+        self._handler: logging.StreamHandler | None = None
+        self._formatter: logging.Formatter | None = None
+        self._tail = ""
+        self._second = -1
+        self._stamp = ""
+        atexit.register(self.flush)
+
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+    def _direct_handler(self) -> logging.StreamHandler | None:
+        parent = self.logger.parent
+        handlers = parent.handlers if parent is not None else []
+        handler = self._handler
+        if (
+            handler is not None
+            and len(handlers) == 1
+            and handlers[0] is handler
+            and handler.formatter is self._formatter
+        ):
+            return handler
+        self._handler = None
+        if (
+            parent is None
+            or len(handlers) != 1
+            or type(handlers[0]) is not logging.StreamHandler
+            or self.logger.handlers
+            or self.logger.filters
+            or parent.filters
+            or handlers[0].filters
+            or not self.logger.propagate
+            or handlers[0].level > logging.INFO
+        ):
+            return None
+        formatter = handlers[0].formatter
+        match = _STANDARD_FORMAT.match(getattr(formatter, "_fmt", "") or "")
+        if (
+            match is None
+            or formatter.datefmt is not None
+            or formatter.converter is not time.localtime
+            or formatter.default_msec_format != "%s,%03d"
+        ):
+            return None
+        self._handler = handlers[0]
+        self._formatter = formatter
+        self._tail = match.group(1)
+        return self._handler
+
+    def write(self, message: str) -> None:
+        """Log one access line (already formatted) at info."""
+        handler = self._direct_handler()
+        if handler is None:
+            self.flush()
+            self.logger.info("%s", message)
+            return
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        pending = self._pending
+        if not pending:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:
+                pass
+        pending.append(
+            f"{self._stamp},{int((now - second) * 1000):03d} INFO {self.logger.name}{self._tail}: {message}\n"
+        )
+        if len(pending) >= BATCH_LINES or not asyncio._get_running_loop():
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending lines now."""
+        if not self._pending or self._handler is None:
+            self._pending.clear()
+            return
+        text = "".join(self._pending)
+        self._pending.clear()
+        handler = self._handler
+        handler.acquire()
+        try:
+            handler.stream.write(text)
+            handler.flush()
+        except (OSError, ValueError):
+            # logging also carries on when its stream fails (a closed pipe, a full disk).
+            pass
+        finally:
+            handler.release()

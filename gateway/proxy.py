@@ -14,8 +14,8 @@ import asyncio
 import ipaddress
 import json
 import logging
+import random
 import time
-import uuid
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -27,11 +27,12 @@ from gateway.config import Config, format_host_port
 from gateway import status
 from gateway.auth import REALM as AUTH_REALM
 from gateway.auth import BasicAuth
-from gateway.logs import RateLimitedLog
+from gateway.logs import AccessLog, RateLimitedLog
 from gateway.rewrite import MalformedURL, Rewriter
 
 log = logging.getLogger("gateway.proxy")
 access_log = logging.getLogger("gateway.access")
+ACCESS = AccessLog(access_log)
 upstream_log = RateLimitedLog(log)
 
 API_VERSION_HEADER = "Docker-Distribution-Api-Version"
@@ -264,7 +265,7 @@ class Proxy:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
-        request_id = uuid.uuid4().hex[:16]
+        request_id = "%016x" % random.getrandbits(64)
         self.in_flight += 1
         self._idle.clear()
         counters = {"in": 0, "out": 0}
@@ -282,23 +283,25 @@ class Proxy:
                 self.metrics.record(request.method, status, counters["in"], counters["out"])
 
     def _log_access(self, request, response, request_id, counters, started) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
+        if not ACCESS.enabled():
             return
         status = response.status if response is not None else 499
         if isinstance(response, web.Response) and not counters["out"] and response.body:
             # The gateway's own responses (errors, /_gateway/ pages) are not streamed,
             # so their size comes from the body they carry.
             counters["out"] = len(response.body)
-        access_log.info(
-            '%s "%s %s" %d in=%d out=%d %.3fs id=%s',
-            request.remote or "-",
-            request.method,
-            loggable_path(request.raw_path),
-            status,
-            counters["in"],
-            counters["out"],
-            time.monotonic() - started,
-            request_id,
+        ACCESS.write(
+            '%s "%s %s" %d in=%d out=%d %.3fs id=%s'
+            % (
+                request.remote or "-",
+                request.method,
+                loggable_path(request.raw_path),
+                status,
+                counters["in"],
+                counters["out"],
+                time.monotonic() - started,
+                request_id,
+            )
         )
 
     async def _forward(self, request: web.BaseRequest, request_id: str, counters: dict) -> web.StreamResponse:

@@ -25,10 +25,11 @@ from aiohttp import web
 
 from gateway.config import Config, Listener, format_host_port
 from gateway.errors import CertificateError, ConfigError
+from gateway.fastpath import FastPath
 from gateway.logs import RateLimitedLog
 from gateway.protocol import GatewayServer
 from gateway.status import TrustInfo
-from gateway.proxy import API_VERSION, API_VERSION_HEADER, Proxy, registry_error
+from gateway.proxy import ACCESS, API_VERSION, API_VERSION_HEADER, Proxy, registry_error
 
 log = logging.getLogger("gateway.server")
 overload_log = RateLimitedLog(log)
@@ -188,6 +189,7 @@ class Gateway:
         self.proxy = Proxy(self.config)
         self.proxy.trust = self.trust
         self._server: web.Server | None = None
+        self.fast: FastPath | None = None
         self._connections: set[asyncio.Task] = set()
         self._stopping = False
         self.handshake_failures = 0
@@ -196,11 +198,6 @@ class Gateway:
     def addresses(self) -> list[str]:
         """The `host:port` of each listener, with the port the OS chose for port 0."""
         return [format_host_port(b.listener.host, b.port) for b in self.bound]
-
-    @property
-    def open_connections(self) -> int:
-        """Client connections past the TLS handshake, idle keep-alive ones included."""
-        return len(self._server.connections) if self._server is not None else 0
 
     async def start(self) -> None:
         # NOTE: a class attribute of the standard library's SSLProtocol (CPython
@@ -225,6 +222,9 @@ class Gateway:
         )
         self._server = GatewayServer(self.proxy.handle, **limits)
         self._overload_server = GatewayServer(self._refuse_overload, **limits)
+        if self.config.fast_path:
+            self.fast = FastPath(self.proxy, self._server)
+            self.fast.start()
         loop = asyncio.get_running_loop()
         for bound in self.bound:
             bound.task = loop.create_task(self._accept_loop(bound.sock))
@@ -258,7 +258,7 @@ class Gateway:
             conn.close()
             return
         if first[0] == TLS_HANDSHAKE:
-            factory = self._server
+            factory = self.fast.protocol if self.fast is not None else self._server
             if self.open_connections > self.config.max_connections:
                 factory = self._overload_server
             try:
@@ -295,6 +295,8 @@ class Gateway:
     def open_connections(self) -> int:
         """Connections being served, plus those still before or in their handshake."""
         served = len(self._server.connections) if self._server is not None else 0
+        if self.fast is not None:
+            served += len(self.fast.connections)
         return served + len(self._connections)
 
     async def _refuse_overload(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -362,6 +364,8 @@ class Gateway:
                     await bound.task
                 except asyncio.CancelledError:
                     pass
+        if self.fast is not None:
+            self.fast.close_idle()
         drained = await self.proxy.wait_idle(self.config.drain_timeout)
         if not drained:
             log.warning(
@@ -378,7 +382,10 @@ class Gateway:
                 await server.shutdown(timeout=1.0)
         for task in list(self._connections):
             task.cancel()
+        if self.fast is not None:
+            await self.fast.close()
         await self.proxy.close()
+        ACCESS.flush()
 
 
 async def _peek_first_byte(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
