@@ -244,6 +244,7 @@ _KIND_WORDS = {
     (list,): "a list",
     (list, str): "a string or a list of strings",
     (dict,): "a table",
+    (bool,): "true or false",
 }
 _KIND_EXAMPLES = {
     (int, float): "a plain number without quotes or unit, e.g. 30",
@@ -252,6 +253,7 @@ _KIND_EXAMPLES = {
     (list,): 'a list, e.g. ["registry.local"]',
     (list, str): 'a list, e.g. ["127.0.0.1:5443"]',
     (dict,): "a [section] table",
+    (bool,): "true or false without quotes",
 }
 
 

@@ -89,6 +89,7 @@ def write(tmp_path, text: str) -> Path:
         ('[[route]]\nprefix = "/v2/x"\nupstream = "http://127.0.0.1:1"\n', "/v2/"),
         ('[[route]]\nprefix = "/auth"\n', "required"),
         ('[tls]\ncertificate = "x"\n', "tls."),
+        ('fast_path = "yes"\n', "fast_path"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, text, fragment):
@@ -126,3 +127,8 @@ def test_errors_name_the_file(tmp_path):
         load(path)
     assert str(path) in str(raised.value)
     assert "above 0" in str(raised.value)
+
+
+def test_fast_path_switch(tmp_path):
+    assert load(None).fast_path is True
+    assert load(write(tmp_path, "fast_path = false\n")).fast_path is False
