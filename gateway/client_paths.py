@@ -124,3 +124,29 @@ def registry_folder_name(registry: str, platform: str) -> str:
     if platform == "windows":
         return registry.replace(":", "")
     return registry
+
+
+def folder_beside(merged: Path | None, platform_file: Path | None) -> Path | None:
+    """Return the folder that takes the files written beside `--merge FILE`.
+
+    The CA and certs.d folders go into FILE's folder, so --write on a copy never
+    changes the client's live folders. None means the platform's own folders:
+    no FILE was given (no --merge, or --merge without a value), or FILE is in
+    the folder of the platform's own file.
+    """
+    if merged is None:
+        return None
+    folder = merged.absolute().parent
+    # Every table path is absolute once expanded, so a relative one is another
+    # system's path (C:\ProgramData\... read on Linux) and never names FILE's folder.
+    if platform_file is None or not platform_file.is_absolute():
+        return folder
+    return None if _same_folder(folder, platform_file.parent) else folder
+
+
+def _same_folder(first: Path, second: Path) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        # samefile raises when a folder is missing, so then the names are compared.
+        return os.path.normpath(first) == os.path.normpath(second)

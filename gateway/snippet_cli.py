@@ -61,11 +61,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--merge", nargs="?", const="", metavar="FILE",
         help="merge into this existing file (default: the platform's file) and print "
-        "the whole result",
+        "the whole result. With FILE, the CA goes beside FILE: to "
+        "DIR/certs.d/HOST:PORT/ca.crt for docker and podman, and to DIR/ca.crt for "
+        "containerd, where DIR is FILE's folder (the folder above, for a podman drop-in "
+        "in registries.conf.d). The platform's folders are used "
+        "only without FILE or when FILE is in the platform's own folder",
     )
     parser.add_argument(
         "--write", action="store_true",
-        help="write the result in place, after a timestamped backup",
+        help="write the result in place, after a timestamped backup, and with --ca "
+        "the CA file where the output names it",
     )
 
     parser.add_argument(

@@ -17,7 +17,7 @@ import json
 from urllib.parse import urlsplit
 
 from gateway import snippet_json
-from gateway.client_paths import client_paths, registry_folder_name
+from gateway.client_paths import client_paths, folder_beside, registry_folder_name
 from gateway.errors import GatewayError
 from gateway.snippets import (
     OutputFile,
@@ -300,11 +300,11 @@ def _build_ca(request: Request, result: Result, source: SourceFile | None) -> No
 
     folder = registry_folder_name(registry.name, request.platform)
     platform_shown = os_sep_path(request.platform, paths.certs_dir, folder, "ca.crt")
-    merge_path = source.path if source is not None else None
-    if request.platform != "windows" and merge_path not in (None, paths.config_path()):
-        # A daemon.json given with --merge gets the certs.d folder beside it, so
-        # --write on a copy leaves the platform's certs.d unchanged.
-        destination = merge_path.absolute().parent / "certs.d" / folder / "ca.crt"
+    beside = folder_beside(request.merge, paths.config_path())
+    if beside is not None:
+        # Windows too, although its certs.d is not beside daemon.json, because a
+        # copy given with --merge must never lead to a write in C:\ProgramData.
+        destination = beside / "certs.d" / folder / "ca.crt"
         shown = str(destination)
     else:
         if request.write:
@@ -314,9 +314,15 @@ def _build_ca(request: Request, result: Result, source: SourceFile | None) -> No
     output = ca_output(request.ca, destination, shown)
     output.target = destination if request.write else None
     result.files.append(output)
-    if shown != platform_shown:
+    if beside is not None and request.platform == "windows":
         result.note(
-            f"The CA goes to {shown}, in the certs.d folder beside {merge_path}. "
+            f"The CA goes to {shown}, in the certs.d folder beside {request.merge}. "
+            f"dockerd reads it only from {platform_shown}, so copy it there on the "
+            "Windows machine, then run Restart-Service docker."
+        )
+    elif beside is not None:
+        result.note(
+            f"The CA goes to {shown}, in the certs.d folder beside {request.merge}. "
             f"dockerd reads it only from {platform_shown}, so copy it there on the "
             "machine that runs dockerd. dockerd reads it on the next pull or push, "
             "with no restart."

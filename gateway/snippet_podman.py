@@ -18,7 +18,7 @@ from pathlib import Path
 import tomlkit
 
 from gateway import snippet_toml
-from gateway.client_paths import client_paths
+from gateway.client_paths import client_paths, folder_beside
 from gateway.errors import GatewayError
 from gateway.snippets import OutputFile, Request, Result, ca_output, read_source
 
@@ -207,11 +207,25 @@ def _check_main_file(main: Path, request: Request, result: Result) -> None:
 
 def _build_ca(request: Request, result: Result, paths) -> None:
     registry = request.registry
-    destination = paths.certs_path() / registry.name / "ca.crt"
+    platform_destination = paths.certs_path() / registry.name / "ca.crt"
+    beside = folder_beside(_main_file_for(request.merge), paths.config_path())
+    destination = platform_destination
+    if beside is not None:
+        destination = beside / "certs.d" / registry.name / "ca.crt"
     output = ca_output(request.ca, destination)
     output.target = destination if request.write else None
     result.files.append(output)
-    if request.write:
+
+    if beside is not None:
+        machine = "Podman Machine VM" if request.platform in ("windows", "desktop") else "machine"
+        result.note(
+            f"The CA goes to {destination} because --merge names {request.merge}, so "
+            f"the platform's certs.d stays unchanged. podman reads it only from "
+            f"{platform_destination}, so copy it there on the {machine} that runs "
+            "podman. podman reads it on the next pull or push, and registries.conf "
+            "needs no change."
+        )
+    elif request.write:
         result.note(
             f"podman reads {destination} on the next pull or push, and "
             "registries.conf needs no change."
@@ -221,3 +235,15 @@ def _build_ca(request: Request, result: Result, paths) -> None:
             f"Save the CA above as {destination}; podman reads it on the next pull or "
             "push, and registries.conf needs no change."
         )
+
+
+def _main_file_for(merged: Path | None) -> Path | None:
+    """Return the registries.conf that `--merge FILE` belongs to.
+
+    A drop-in in a registries.conf.d folder belongs to the registries.conf
+    beside that folder, because podman's layout keeps registries.conf,
+    registries.conf.d and certs.d in one folder (containers-certs.d(5)).
+    """
+    if merged is not None and merged.parent.name == "registries.conf.d":
+        return merged.parent.parent / "registries.conf"
+    return merged

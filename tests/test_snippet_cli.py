@@ -8,7 +8,14 @@ import tomllib
 import pytest
 import ruamel.yaml
 
-from tests.snippet_helpers import digest, run_snippet
+from gateway import client_paths
+from tests.snippet_helpers import (  # noqa: F401
+    ca_file,
+    digest,
+    platform_root,
+    real_client_files,
+    run_snippet,
+)
 
 HOST = "registry.example:5000"
 CLIENTS = ["docker", "containerd", "podman", "k3s", "buildkit"]
@@ -213,3 +220,108 @@ def test_json_message_levels_lower_case(capsys):
     assert status == 0
     assert levels
     assert levels <= {"note", "warning"}
+
+
+# The file each client merges, and where docs/snippet.md puts the CA that
+# --write installs beside it (None when the client gets no CA file).
+MERGED_FILE = {
+    "docker": "daemon.json",
+    "containerd": "hosts.toml",
+    "podman": "registries.conf",
+    "k3s": "registries.yaml",
+    "buildkit": "buildkitd.toml",
+}
+CA_BESIDE = {
+    "docker": f"certs.d/{HOST}/ca.crt",
+    "containerd": "ca.crt",
+    "podman": f"certs.d/{HOST}/ca.crt",
+    "k3s": None,
+    "buildkit": None,
+}
+# For --ca, docker and podman print only the CA, and the others print the merged file.
+PRINTS_MERGED = {"containerd", "k3s", "buildkit"}
+# Docker Desktop gets no CA file, because it trusts the host's trust store.
+PLATFORMS = sorted(key for key in client_paths.PATHS if key != ("docker", "desktop"))
+
+
+def expected_beside(client: str, platform: str, copy_dir) -> list:
+    """Return the files that --write puts under `copy_dir`, in output order."""
+    files = [copy_dir / MERGED_FILE[client]] if client in PRINTS_MERGED else []
+    beside = CA_BESIDE[client]
+    if beside is not None and client == "docker":
+        # Docker on Windows drops the colon from the folder name, but podman keeps it.
+        beside = beside.replace(HOST, client_paths.registry_folder_name(HOST, platform))
+    if beside is not None:
+        files.append(copy_dir / beside)
+    return files
+
+
+def files_under(folder) -> list:
+    return sorted(path for path in folder.rglob("*") if path.is_file())
+
+
+@pytest.mark.parametrize("client, platform", PLATFORMS)
+def test_ca_beside_merged_copy(capsys, tmp_path, platform_root, ca_file, client, platform):
+    """--ca with --merge COPY puts the CA beside COPY and never in the platform's folders."""
+    before = real_client_files(HOST)
+    copy_dir = tmp_path / "copy"
+    expected = expected_beside(client, platform, copy_dir)
+    args = [client, HOST, "--ca", ca_file, "--platform", platform, "--merge"]
+    args.append(copy_dir / MERGED_FILE[client])
+
+    status, out, err = run_snippet(capsys, *args, "--json")
+    assert status == 0
+    assert [file["path"] for file in json.loads(out)["files"]] == list(map(str, expected))
+    assert not copy_dir.exists()
+
+    status, out, err = run_snippet(capsys, *args, "--write")
+    assert status == 0
+    assert files_under(copy_dir) == sorted(expected)
+    for path in expected:
+        assert f"Note: wrote {path}." in err
+    if CA_BESIDE[client] is not None:
+        assert expected[-1].read_bytes() == ca_file.read_bytes()
+    assert not platform_root.exists()
+    assert real_client_files(HOST) == before
+
+
+def platform_files(client: str, platform: str) -> dict:
+    """Return the --merge values that name the platform's own file, by case."""
+    paths = client_paths.client_paths(client, platform)
+    if client == "containerd":
+        own = paths.certs_path() / HOST / "hosts.toml"
+        return {"bare": None, "own": own}
+    own = paths.config_path()
+    cases = {"bare": None, "own": own, "sibling": own.with_name("copy-" + own.name)}
+    if client == "podman":
+        cases["drop-in"] = own.parent / "registries.conf.d" / "50-registry-gateway.conf"
+    return cases
+
+
+OWN_FILE_CASES = [
+    (client, platform, case)
+    for client in ("docker", "containerd", "podman")
+    for platform in ("linux", "rootless")
+    for case in ("bare", "own", "sibling", "drop-in")
+    if case != "drop-in" or client == "podman"
+    if case != "sibling" or client != "containerd"
+]
+
+
+@pytest.mark.parametrize("client, platform, case", OWN_FILE_CASES)
+def test_ca_platform_folder_when_asked(capsys, platform_root, ca_file, client, platform, case):
+    """A bare --merge, or a FILE in the platform's own folder, puts the CA in its certs.d."""
+    before = real_client_files(HOST)
+    merge = platform_files(client, platform)[case]
+    args = [client, HOST, "--ca", ca_file, "--platform", platform, "--merge"]
+    if merge is not None:
+        args.append(merge)
+    certs_dir = client_paths.client_paths(client, platform).certs_path()
+    written = certs_dir / HOST / "ca.crt"
+
+    status, out, err = run_snippet(capsys, *args, "--write")
+    assert status == 0
+    assert written.read_bytes() == ca_file.read_bytes()
+    assert f"Note: wrote {written}." in err
+    assert written.is_relative_to(platform_root)
+    assert real_client_files(HOST) == before

@@ -522,6 +522,23 @@ def test_ca_beside_merged_copy(capsys, tmp_path, monkeypatch, ca_file, platform)
     assert "dockerd reads it only from" in err
 
 
+def test_ca_windows_beside_merged_copy(capsys, tmp_path, ca_file):
+    """On Windows too a copy gets its certs.d beside it, with the colon-free folder name."""
+    copy = tmp_path / "daemon.json"
+    written = tmp_path / "certs.d" / "registry.example5000" / "ca.crt"
+    status, out, err = run_snippet(
+        capsys, "docker", "registry.example:5000", "--ca", ca_file, "--platform", "windows",
+        "--merge", copy, "--write",
+    )
+    assert status == 0
+    assert written.read_bytes() == ca_file.read_bytes()
+    assert (
+        r"dockerd reads it only from C:\ProgramData\docker\certs.d\registry.example5000\ca.crt,"
+        " so copy it there on the Windows machine, then run Restart-Service docker." in err
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.crt", "certs.d"]
+
+
 def test_ca_windows_folder_has_no_colon(capsys, ca_file):
     status, out, err = run_snippet(
         capsys, "docker", "registry.example:5000", "--ca", ca_file, "--platform", "windows"

@@ -9,7 +9,13 @@ import tomllib
 import pytest
 
 from gateway import lab
-from tests.snippet_helpers import ca_file, digest, run_snippet  # noqa: F401
+from tests.snippet_helpers import (  # noqa: F401
+    ca_file,
+    digest,
+    platform_root,
+    real_client_files,
+    run_snippet,
+)
 
 HOST = "registry.example:5000"
 FAMOUS = "server gave HTTP response to HTTPS client"
@@ -239,3 +245,32 @@ def test_ca_notes_follow_write(capsys, tmp_path, monkeypatch, ca_file):
     assert "Save the CA" not in err
     assert f"Note: podman reads {written} on the next pull or push" in err
     assert f"Note: wrote {written}." in err
+
+
+def test_ca_beside_merged_drop_in(capsys, tmp_path, platform_root, ca_file):
+    """A drop-in in COPY/registries.conf.d takes its CA to COPY/certs.d, as podman lays them out."""
+    before = real_client_files(HOST)
+    drop_in = tmp_path / "copy" / "registries.conf.d" / "50-registry-gateway.conf"
+    written = tmp_path / "copy" / "certs.d" / HOST / "ca.crt"
+    status, out, err = snippet(capsys, "--ca", ca_file, "--merge", drop_in, "--write")
+    assert status == 0
+    assert written.read_bytes() == ca_file.read_bytes()
+    assert not drop_in.parent.exists()
+    assert not platform_root.exists()
+    assert real_client_files(HOST) == before
+
+
+@pytest.mark.parametrize("platform", ["linux", "desktop"])
+def test_ca_merge_note_names_platform_path(capsys, tmp_path, platform_root, ca_file, platform):
+    """The note names where the CA went and the only path podman reads it from."""
+    copy = tmp_path / "copy" / "registries.conf"
+    written = tmp_path / "copy" / "certs.d" / HOST / "ca.crt"
+    platform_path = platform_root / "etc/containers/certs.d" / HOST / "ca.crt"
+    machine = "the Podman Machine VM" if platform == "desktop" else "the machine"
+    status, out, err = snippet(capsys, "--ca", ca_file, "--platform", platform, "--merge", copy)
+    assert status == 0
+    assert out == ca_file.read_text()
+    assert f"Note: The CA goes to {written} because --merge names {copy}" in err
+    assert f"podman reads it only from {platform_path}, so copy it there on {machine}" in err
+    assert "Save the CA" not in err
+    assert not written.exists()
