@@ -24,6 +24,14 @@ class RateLimitedLog:
 
     def warning(self, key: str, message: str, *args) -> bool:
         """Log `message` unless `key` used its burst in the current period; True if logged."""
+        return self.log(logging.WARNING, key, message, *args)
+
+    def info(self, key: str, message: str, *args) -> bool:
+        """Like `warning`, at info."""
+        return self.log(logging.INFO, key, message, *args)
+
+    def log(self, level: int, key: str, message: str, *args) -> bool:
+        """Log `message` at `level` unless `key` used its burst in the current period."""
         now = time.monotonic()
         start, logged, suppressed = self._windows.get(key, (now, 0, 0))
         if now - start >= self.period:
@@ -34,7 +42,7 @@ class RateLimitedLog:
         if suppressed:
             message += " (%d similar messages suppressed)"
             args = (*args, suppressed)
-        self.logger.warning(message, *args)
+        self.logger.log(level, message, *args)
         self._windows[key] = (start, logged + 1, 0)
         if len(self._windows) > 1000:
             # Keys are a fixed set in practice; this bounds memory if one ever is not.

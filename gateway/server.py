@@ -258,6 +258,11 @@ class Gateway:
             conn.close()
             return
         if first[0] == TLS_HANDSHAKE:
+            try:
+                # Read now: a failed handshake closes the socket, and the peer with it.
+                peer = conn.getpeername()[0]
+            except OSError:
+                peer = "-"
             factory = self.fast.protocol if self.fast is not None else self._server
             if self.open_connections > self.config.max_connections:
                 factory = self._overload_server
@@ -266,18 +271,18 @@ class Gateway:
                     factory, conn, ssl=self.ssl_context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
                 )
             except (OSError, ssl.SSLError, TimeoutError) as exc:
-                self._handshake_failed(conn, exc)
+                self._handshake_failed(conn, peer, exc)
             return
         await self._answer_plain_http(loop, conn)
 
-    def _handshake_failed(self, conn: socket.socket, exc: BaseException) -> None:
-        try:
-            peer = conn.getpeername()[0]
-        except OSError:
-            peer = "-"
+    def _handshake_failed(self, conn: socket.socket, peer: str, exc: BaseException) -> None:
         conn.close()
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         if self.config.client_ca is None:
-            log.debug("TLS handshake from %s failed: %s", peer, exc)
+            # Scanners and clients that dropped a connection land here too, so
+            # at info and rate-limited; a browser that cannot use the
+            # certificate shows here as, e.g., NO_SUITABLE_SIGNATURE_ALGORITHM.
+            overload_log.info("tls-failed", "TLS handshake from %s failed: %s", peer, reason)
             return
         # With mTLS on, a failed handshake is usually a client without a valid
         # certificate: worth a warning, as a failed password would be.
@@ -287,7 +292,7 @@ class Gateway:
             "TLS handshake from %s failed (client certificate required by tls.client_ca): "
             "%s (%d failures since start)",
             peer,
-            getattr(exc, "reason", None) or exc or type(exc).__name__,
+            reason,
             self.handshake_failures,
         )
 

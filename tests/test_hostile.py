@@ -191,3 +191,22 @@ async def test_encoded_path_segments_not_decoded(registry, local_ca, client_ssl)
                     expected = (response.status, await response.read())
             async with session.get(URL(f"https://localhost:{gateway.bound[0].port}{path}", encoded=True)) as response:
                 assert (response.status, await response.read()) == expected, path
+
+
+async def test_failed_handshake_logged_with_peer_and_reason(upstream, local_ca, caplog):
+    """A client the TLS settings refuse (only a non-forward-secret suite) shows in the log with why."""
+    config = Config(upstream=URL(upstream.url), names=["localhost"])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("AES128-SHA")
+    caplog.set_level("INFO", logger="gateway.server")
+    async with running_gateway(config, local_ca) as gateway:
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await asyncio.open_connection("127.0.0.1", gateway.bound[0].port, ssl=context, server_hostname="localhost")
+        await asyncio.sleep(0.1)
+    lines = [r.getMessage() for r in caplog.records if "TLS handshake from" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("TLS handshake from 127.0.0.1 failed: ")
+    assert "NO_SHARED_CIPHER" in lines[0], lines[0]
