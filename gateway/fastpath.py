@@ -415,8 +415,10 @@ class FastPath:
         return ClientConnection(self)
 
     def start(self) -> None:
+        # Kept, because each asyncio.get_running_loop() costs a getpid() system call.
+        self.loop = asyncio.get_running_loop()
         if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+            self._sweeper = self.loop.create_task(self._sweep())
 
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -532,7 +534,7 @@ class ClientConnection(asyncio.Protocol):
         if fast.trusted_any:
             self.trusted = fast.proxy._is_trusted(self.peer)
         transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH)
-        self._since = self._head_started = asyncio.get_running_loop().time()
+        self._since = self._head_started = self.fast.loop.time()
 
     def data_received(self, data: bytes) -> None:
         self.progress += 1
@@ -545,7 +547,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self.buffer = bytearray(data)
                 if self.requests:
-                    self._head_started = asyncio.get_running_loop().time()
+                    self._head_started = self.fast.loop.time()
             self._next_request()
         elif state in (BODY_WAIT, CONNECTING):
             self._body_data(data)
@@ -757,7 +759,7 @@ class ClientConnection(asyncio.Protocol):
             self._attach(connection)
             return
         self.state = CONNECTING
-        asyncio.get_running_loop().create_task(self._connect())
+        self.fast.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
         try:
@@ -1065,7 +1067,7 @@ class ClientConnection(asyncio.Protocol):
                 # the request had no body, so send it again on a new connection.
                 self.pending = [self.sent_head]
                 self.state = CONNECTING
-                asyncio.get_running_loop().create_task(self._connect())
+                self.fast.loop.create_task(self._connect())
                 return
             self._fail_upstream(502, "unreachable", ConnectionResetError(what))
             return
@@ -1149,7 +1151,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.state = HEAD
         self.request = None
-        self._since = self._head_started = asyncio.get_running_loop().time()
+        self._since = self._head_started = self.fast.loop.time()
         self._seen_progress = self.progress
         if self._client_paused:
             self.resume_client_reads()

@@ -77,6 +77,7 @@ class AccessLog:
         self._tail = ""
         self._second = -1
         self._stamp = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
         atexit.register(self.flush)
 
     def enabled(self) -> bool:
@@ -133,15 +134,19 @@ class AccessLog:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         pending = self._pending
-        if not pending:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:
-                pass
         pending.append(
             f"{self._stamp},{int((now - second) * 1000):03d} INFO {self.logger.name}{self._tail}: {message}\n"
         )
-        if len(pending) >= BATCH_LINES or not asyncio._get_running_loop():
+        if len(pending) == 1:
+            loop = self._loop
+            if loop is None or not loop.is_running():
+                # Looked up only when the loop changes: each lookup costs a getpid() call.
+                loop = self._loop = asyncio._get_running_loop()
+            if loop is None:
+                self.flush()
+                return
+            loop.call_soon(self.flush)
+        elif len(pending) >= BATCH_LINES:
             self.flush()
 
     def flush(self) -> None:
