@@ -58,6 +58,7 @@ from gateway.proxy import (
     loggable_path,
     redacted_headers,
     registry_error,
+    unauthorized,
     upstream_log,
 )
 from gateway.rewrite import MalformedURL
@@ -100,7 +101,7 @@ RESPONSE_HEAD_LIMIT = 64 * 1024
 JOIN_LIMIT = 64 * 1024
 
 # The states of one client connection.
-HEAD, BODY_WAIT, CONNECTING, BODY, RESPONSE, CLOSED = range(6)
+HEAD, BODY_WAIT, CONNECTING, BODY, RESPONSE, CLOSED, AUTH_WAIT = range(7)
 
 
 class ChunkScanner:
@@ -517,6 +518,7 @@ class ClientConnection(asyncio.Protocol):
         self.counted = False
         self._head_out = b""
         self._client_head = b""
+        self._checked_head = None
         self._head_started = 0.0
 
     # --- connection --------------------------------------------------------
@@ -551,8 +553,9 @@ class ClientConnection(asyncio.Protocol):
             self._next_request()
         elif state in (BODY_WAIT, CONNECTING):
             self._body_data(data)
-        elif state == RESPONSE:
-            # The next request, pipelined: kept until this response is done.
+        elif state == RESPONSE or state == AUTH_WAIT:
+            # The next request, pipelined, or a body waiting for the password
+            # check: kept until this response is done.
             self.buffer += data
             if len(self.buffer) > PIPELINE_LIMIT:
                 self.pause_client_reads()
@@ -619,27 +622,60 @@ class ClientConnection(asyncio.Protocol):
         fast = self.fast
         raw = bytes(buffer[: end + 4])
         head = parse_request_head(raw[:-4], fast.max_line, fast.max_field, fast.max_fields)
-        if head is None or not self._may_serve(head):
+        if head is None or (fast.client_ca and not self.transport.get_extra_info("peercert")):
             self._hand_over()
             return
         pool = fast.route(head.target)
         if pool is None:
             self._hand_over()
             return
+        auth = fast.proxy.auth
+        if auth is not None and raw != self._checked_head:
+            if head.authorization is None:
+                del buffer[: end + 4]
+                self._answer(head, unauthorized())
+                return
+            if auth.cached_user(head.authorization.decode("latin-1")) is None:
+                # bcrypt runs in a thread; what arrives meanwhile waits in the buffer.
+                self.state = AUTH_WAIT
+                fast.loop.create_task(self._check_password(head, raw))
+                return
+        self._checked_head = None
         del buffer[: end + 4]
         self._client_head = raw
         self._start(head, pool)
 
-    def _may_serve(self, head: RequestHead) -> bool:
-        proxy = self.fast.proxy
-        if self.fast.client_ca and not self.transport.get_extra_info("peercert"):
-            return False
-        if proxy.auth is not None:
-            if head.authorization is None:
-                return False
-            if proxy.auth.cached_user(head.authorization.decode("latin-1")) is None:
-                return False
-        return True
+    async def _check_password(self, head: RequestHead, raw: bytes) -> None:
+        user = await self.fast.proxy.auth.check(head.authorization.decode("latin-1"), self.peer)
+        if self.state != AUTH_WAIT:
+            return
+        self.state = HEAD
+        if user is not None:
+            self._checked_head = raw
+            self._next_request()
+            return
+        del self.buffer[: len(raw)]
+        self._answer(head, unauthorized())
+
+    def _answer(self, head: RequestHead, response: web.Response) -> None:
+        """Answer `head` with one of the gateway's own responses, without the upstream.
+
+        The request's body, if any, was not read, so the connection closes after it.
+        """
+        self.request = head
+        self.started = time.monotonic()
+        self.request_id = "%016x" % random.getrandbits(64)
+        self.bytes_in = 0
+        self.response_started = False
+        self.counted = False
+        self.fast.proxy.in_flight += 1
+        self.fast.proxy._idle.clear()
+        has_body = head.chunked or head.length > 0
+        self._send_own(response, close=has_body or head.close or self.close_after)
+        if self.state != CLOSED:
+            self.request = None
+            if self.buffer:
+                self._next_request()
 
     def _hand_over(self) -> None:
         """Give this connection, with every unread byte, to aiohttp's handler."""
@@ -1131,6 +1167,8 @@ class ClientConnection(asyncio.Protocol):
             self.closing = True
             self.state = CLOSED
             self.transport.close()
+        else:
+            self._since = self._head_started = self.fast.loop.time()
 
     def _response_finished(self) -> None:
         upstream = self.upstream

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import shutil
@@ -129,3 +130,43 @@ def test_mtls_requires_client_certificate(registry, local_ca, tmp_path):
     # The registry answers NAME_UNKNOWN for a repository with no tags: mTLS let it through.
     assert "invalid status code from registry 404" in lab.skopeo_error(accepted)
     assert "without a client certificate (tls.client_ca is set" in gateway.output
+
+
+async def read_response(reader) -> tuple[int, dict[str, str], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(lines[0].split()[1]), headers, body
+
+
+async def test_fast_path_checks_passwords_on_one_connection(upstream, local_ca, client_ssl, tmp_path):
+    """401, then a bcrypt check, then the cache: all on one connection that stays on the fast path."""
+    config = Config(upstream=URL(upstream.url), names=["localhost"], htpasswd=write_htpasswd(tmp_path / "htpasswd"))
+    async with running_gateway(config, local_ca) as gateway:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", gateway.bound[0].port, ssl=client_ssl, server_hostname="localhost"
+        )
+        credentials = basic(USER, PASSWORD)
+        writer.write(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        status, headers, body = await read_response(reader)
+        assert (status, headers["www-authenticate"]) == (401, 'Basic realm="registry-gateway"')
+        assert "connection" not in headers, "a bodyless 401 keeps the connection open"
+        for _ in range(2):
+            writer.write(f"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nAuthorization: {credentials}\r\n\r\n".encode())
+            status, _, body = await read_response(reader)
+            assert (status, body) == (200, b"{}")
+        writer.write(f"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nAuthorization: {basic(USER, 'wrong')}\r\n\r\n".encode())
+        assert (await read_response(reader))[0] == 401
+        assert len(gateway.fast.connections) == 1 and not gateway._server.connections, "handed to aiohttp"
+        writer.write(b"PATCH /v2/x/blobs/uploads/u HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello")
+        status, headers, _ = await read_response(reader)
+        assert (status, headers["connection"]) == (401, "close")
+        assert await reader.read() == b""
+        writer.close()
+    assert [r["method"] for r in upstream.received] == ["GET", "GET"]
+    assert all(not upstream.header("Authorization", i) for i in range(2))
