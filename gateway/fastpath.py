@@ -82,7 +82,7 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x
 _HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
 _FORWARDING = frozenset(name.encode() for name in FORWARDING)
 # Fields that send the request to aiohttp's path whenever they are present.
-_HAND_OVER_FIELDS = frozenset((b"expect", b"upgrade", b"http2-settings"))
+_HAND_OVER_FIELDS = frozenset((b"upgrade", b"http2-settings"))
 _REWRITTEN = frozenset((b"location", b"content-location", b"link", b"www-authenticate"))
 _STATUS_PREFIX = status.PREFIX.rstrip("/").encode()
 _API_VERSION_FIELD = API_VERSION_HEADER.lower().encode()
@@ -169,9 +169,10 @@ class ChunkScanner:
 class RequestHead:
     """One parsed request head and what the upstream gets instead of it."""
 
-    __slots__ = ("method", "target", "length", "chunked", "close", "host", "authorization", "fields")
+    __slots__ = ("method", "target", "length", "chunked", "close", "host", "authorization", "fields", "expect_continue")
 
     def __init__(self) -> None:
+        self.expect_continue = False
         self.length = 0
         self.chunked = False
         self.close = False
@@ -229,6 +230,13 @@ def parse_request_head(head: bytes, max_line: int, max_field: int, max_fields: i
             continue
         elif lowered == b"authorization":
             parsed.authorization = value
+        elif lowered == b"expect":
+            # The gateway answers 100-continue itself, as nginx does; the registry
+            # gets no Expect, so the body does not wait for a second interim reply.
+            if value.lower() != b"100-continue" or parsed.expect_continue:
+                return None
+            parsed.expect_continue = True
+            continue
         elif lowered in _HAND_OVER_FIELDS:
             return None
         if lowered in _HOP_BY_HOP:
@@ -769,6 +777,8 @@ class ClientConnection(asyncio.Protocol):
         has_body = head.chunked or head.length > 0
         if has_body:
             self._widen_tls_reads()
+            if head.expect_continue and not self.buffer:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.pending = [self.sent_head]
         self.pending_size = 0
         if not has_body:

@@ -218,7 +218,8 @@ class Proxy:
         return self._registry_base + raw_path
 
     def _upstream_headers(self, request: web.BaseRequest, authority: str, peer: str | None) -> CIMultiDict:
-        dropped = HOP_BY_HOP | connection_tokens(request.headers)
+        # The gateway answers Expect: 100-continue itself (see _forward).
+        dropped = HOP_BY_HOP | connection_tokens(request.headers) | {"expect"}
         if self.auth is not None:
             # The credentials are the gateway's own, so they are not sent to the registry.
             dropped = dropped | {"authorization"}
@@ -335,8 +336,18 @@ class Proxy:
                 request.method, loggable_path(raw_path), url.split("/v2/")[0], request_id,
                 redacted_headers(headers),
             )
+        expect = request.headers.get(hdrs.EXPECT)
+        if expect is not None and expect.strip().lower() != "100-continue":
+            return registry_error(
+                417, "UNSUPPORTED", "the gateway supports no expectation but Expect: 100-continue",
+                {"expect": expect[:200]},
+            )
         body = None
         if request.body_exists:
+            if expect is not None:
+                # Answered here, as nginx does: the client sends its body at once, and
+                # the registry gets no Expect, so nothing waits for a second interim reply.
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             widen_tls_reads(request)
             chunked = "chunked" in request.headers.get(hdrs.TRANSFER_ENCODING, "").lower()
             body = RequestBody(request.content, counters, self.config.client_idle_timeout, chunked)
