@@ -1,7 +1,8 @@
-"""Expect: 100-continue: the gateway answers it, on both request paths, and the registry never sees it.
+"""Expect: 100-continue: the gateway sends the 100 itself, on both request paths, and drops the field.
 
-curl sends `Expect: 100-continue` with every upload over 1 MiB and then waits,
-one second by default, for the interim response before it sends the body.
+curl sends `Expect: 100-continue` with a large upload (a 4 MiB PUT here) and
+then waits, one second by default, for the interim response before it sends
+the body.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from yarl import URL
 from gateway.config import Config
 from tests.conftest import running_gateway
 
-# A bound for a broken gateway, which would never answer; not a speed check.
+# A bound for a broken gateway, which would never send the 100; not a speed check.
 WAIT = 20
 
 
