@@ -84,6 +84,16 @@ _FORWARDING = frozenset(name.encode() for name in FORWARDING)
 # Fields that send the request to aiohttp's path whenever they are present.
 _HAND_OVER_FIELDS = frozenset((b"upgrade", b"http2-settings"))
 _REWRITTEN = frozenset((b"location", b"content-location", b"link", b"www-authenticate"))
+# Response fields that _response_head looks at; every other one passes as written.
+_RESPONSE_SPECIAL = (
+    frozenset((b"content-length", b"transfer-encoding", b"connection", API_VERSION_HEADER.lower().encode()))
+    | _HOP_BY_HOP | _REWRITTEN
+)
+# Request fields that parse_request_head looks at; every other one passes as written.
+_REQUEST_SPECIAL = (
+    frozenset((b"host", b"content-length", b"transfer-encoding", b"connection", b"authorization", b"expect"))
+    | _HAND_OVER_FIELDS | _HOP_BY_HOP | _FORWARDING
+)
 _STATUS_PREFIX = status.PREFIX.rstrip("/").encode()
 _API_VERSION_FIELD = API_VERSION_HEADER.lower().encode()
 _API_VERSION_LINE = f"{API_VERSION_HEADER}: {API_VERSION}\r\n".encode()
@@ -169,15 +179,23 @@ class ChunkScanner:
 class RequestHead:
     """One parsed request head and what the upstream gets instead of it."""
 
-    __slots__ = ("method", "target", "length", "chunked", "close", "host", "authorization", "fields", "expect_continue")
+    __slots__ = (
+        "method", "target", "length", "chunked", "close", "host", "authorization",
+        "authorization_line", "fields", "forwarding", "expect_continue",
+    )
 
     def __init__(self) -> None:
         self.expect_continue = False
+        self.authorization_line: bytes | None = None
+        # (lowercase name, line, value) of the X-Forwarded-* family, kept apart.
+        self.forwarding: list[tuple[bytes, bytes, bytes]] = []
         self.length = 0
         self.chunked = False
         self.close = False
         self.host: bytes | None = None
         self.authorization: bytes | None = None
+        # The lines passed on as written: every field but the framing, hop-by-hop,
+        # Authorization and forwarding ones.
         self.fields: list[bytes] = []
 
 
@@ -210,38 +228,44 @@ def parse_request_head(head: bytes, max_line: int, max_field: int, max_fields: i
         if len(line) > max_field:
             return None
         name, _, value = line.partition(b":")
-        value = value.strip(b" \t")
         lowered = name.lower()
+        if lowered not in _REQUEST_SPECIAL:
+            # Most fields: passed on as the client wrote them, without a split.
+            fields.append(line)
+            continue
+        value = value.strip(b" \t")
         if lowered == b"host":
             if parsed.host is not None:
                 return None
             parsed.host = value
+            fields.append(line)
         elif lowered == b"content-length":
             if length is not None or not _DIGITS.match(value):
                 return None
             length = value
+            fields.append(line)
         elif lowered == b"transfer-encoding":
             if encoding is not None or value.lower() != b"chunked":
                 return None
             encoding = value
-            continue
         elif lowered == b"connection":
             connection.extend(t.strip().lower() for t in value.split(b","))
-            continue
         elif lowered == b"authorization":
+            if parsed.authorization is not None:
+                return None
             parsed.authorization = value
+            parsed.authorization_line = line
         elif lowered == b"expect":
-            # The gateway answers 100-continue itself, as nginx does; the registry
+            # The gateway sends the 100 Continue itself, as nginx does; the registry
             # gets no Expect, so the body does not wait for a second interim reply.
             if value.lower() != b"100-continue" or parsed.expect_continue:
                 return None
             parsed.expect_continue = True
-            continue
+        elif lowered in _FORWARDING:
+            parsed.forwarding.append((lowered, line, value))
         elif lowered in _HAND_OVER_FIELDS:
             return None
-        if lowered in _HOP_BY_HOP:
-            continue
-        fields.append((lowered, name, value))
+        # The other hop-by-hop fields end here, dropped.
     if parsed.host is None or (length is not None and encoding is not None):
         return None
     if connection:
@@ -250,7 +274,10 @@ def parse_request_head(head: bytes, max_line: int, max_field: int, max_fields: i
         parsed.close = b"close" in connection
         named = {t for t in connection if t not in (b"close", b"keep-alive", b"")}
         if named:
-            parsed.fields = fields = [f for f in fields if f[0] not in named]
+            parsed.fields = [f for f in fields if f.partition(b":")[0].lower() not in named]
+            parsed.forwarding = [f for f in parsed.forwarding if f[0] not in named]
+            if b"authorization" in named:
+                parsed.authorization_line = None
     if encoding is not None:
         parsed.chunked = True
     elif length is not None:
@@ -527,6 +554,7 @@ class ClientConnection(asyncio.Protocol):
         self._head_out = b""
         self._client_head = b""
         self._checked_head = None
+        self._forwarding: tuple[str, bytes] | None = None
         self._head_started = 0.0
 
     # --- connection --------------------------------------------------------
@@ -731,32 +759,17 @@ class ClientConnection(asyncio.Protocol):
         self.origin = "https://" + authority
         target = pool.base_path + head.target
         self.upstream_url = pool.url + head.target.decode("latin-1")
-        lines = [head.method, b" ", target, b" HTTP/1.1\r\n"]
-        trusted = self.trusted
-        drop_authorization = proxy.auth is not None
-        seen_forwarding = set()
-        for lowered, name, value in head.fields:
-            if lowered in _FORWARDING:
-                if not trusted:
-                    continue
-                seen_forwarding.add(lowered)
-                if lowered == b"x-forwarded-for":
-                    continue
-            elif drop_authorization and lowered == b"authorization":
-                continue
-            lines += (name, b": ", value, b"\r\n")
-        if not trusted or b"x-forwarded-proto" not in seen_forwarding:
-            lines.append(b"X-Forwarded-Proto: https\r\n")
-        if not trusted or b"x-forwarded-host" not in seen_forwarding:
-            public_port = authority.rpartition(":")[2] if not authority.endswith("]") else ""
-            lines += (b"X-Forwarded-Host: ", authority.encode(), b"\r\n")
-            lines += (b"X-Forwarded-Port: ", (public_port if public_port.isdigit() else "443").encode(), b"\r\n")
-        prior = None
-        if trusted:
-            values = [v for lowered, _, v in head.fields if lowered == b"x-forwarded-for"]
-            prior = b", ".join(values) if values else None
-        peer = self.peer.encode()
-        lines += (b"X-Forwarded-For: ", prior + b", " + peer if prior else peer, b"\r\n")
+        lines = [head.method, b" ", target, b" HTTP/1.1\r\n", b"\r\n".join(head.fields), b"\r\n"]
+        if head.authorization_line is not None and proxy.auth is None:
+            # With [auth] the credentials are the gateway's own and stay here.
+            lines += (head.authorization_line, b"\r\n")
+        if self.trusted and head.forwarding:
+            lines.append(self._trusted_forwarding(head, authority))
+        else:
+            cached = self._forwarding
+            if cached is None or cached[0] != authority:
+                cached = self._forwarding = (authority, self._own_forwarding(authority))
+            lines.append(cached[1])
         if head.chunked:
             lines.append(b"Transfer-Encoding: chunked\r\n")
             self.scanner = ChunkScanner()
@@ -767,11 +780,14 @@ class ClientConnection(asyncio.Protocol):
         lines.append(b"\r\n")
         self.sent_head = b"".join(lines)
         if log.isEnabledFor(logging.DEBUG):
-            shown = self.sent_head.decode("latin-1").split("\r\n")[1:-2]
+            shown = CIMultiDict()
+            for line in self.sent_head.decode("latin-1").split("\r\n")[1:-2]:
+                name, _, value = line.partition(":")
+                shown.add(name, value.strip())
             log.debug(
                 "Forwarding %s %s to %s (request id %s, fast path) with headers %s",
                 head.method.decode(), loggable_path(head.target.decode("latin-1")), pool.url,
-                self.request_id, redacted_headers(CIMultiDict(line.split(": ", 1) for line in shown)),
+                self.request_id, redacted_headers(shown),
             )
 
         has_body = head.chunked or head.length > 0
@@ -793,6 +809,29 @@ class ClientConnection(asyncio.Protocol):
         # A bodyless request: what follows is the next request, pipelined.
         self.buffer = leftover
         self._acquire()
+
+    def _own_forwarding(self, authority: str) -> bytes:
+        public_port = authority.rpartition(":")[2] if not authority.endswith("]") else ""
+        return b"".join((
+            b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: ", authority.encode(),
+            b"\r\nX-Forwarded-Port: ", (public_port if public_port.isdigit() else "443").encode(),
+            b"\r\nX-Forwarded-For: ", self.peer.encode(), b"\r\n",
+        ))
+
+    def _trusted_forwarding(self, head: RequestHead, authority: str) -> bytes:
+        """From a trusted proxy: its fields are kept, and only missing ones are added."""
+        seen = {lowered for lowered, _, _ in head.forwarding}
+        lines = [line + b"\r\n" for lowered, line, _ in head.forwarding if lowered != b"x-forwarded-for"]
+        if b"x-forwarded-proto" not in seen:
+            lines.append(b"X-Forwarded-Proto: https\r\n")
+        if b"x-forwarded-host" not in seen:
+            public_port = authority.rpartition(":")[2] if not authority.endswith("]") else ""
+            lines += (b"X-Forwarded-Host: ", authority.encode(), b"\r\n")
+            lines += (b"X-Forwarded-Port: ", (public_port if public_port.isdigit() else "443").encode(), b"\r\n")
+        values = [value for lowered, _, value in head.forwarding if lowered == b"x-forwarded-for"]
+        peer = self.peer.encode()
+        lines += (b"X-Forwarded-For: ", b", ".join(values) + b", " + peer if values else peer, b"\r\n")
+        return b"".join(lines)
 
     def _widen_tls_reads(self) -> None:
         ssl_protocol = getattr(self.transport, "_ssl_protocol", None)
@@ -954,41 +993,32 @@ class ClientConnection(asyncio.Protocol):
         if match.group(1) == b"0":
             self.upstream_keepalive = False
         method = self.request.method
-        lines = [b"HTTP/1.1 ", match.group(2), b" ", match.group(3) or b"", b"\r\n"]
         length: bytes | None = None
         chunked = False
         connection_tokens: list[bytes] = []
         has_version = False
-        fields = block.split(b"\r\n")[:-1] if block else []
-        parsed = []
-        for line in fields:
+        out: list[bytes] = []
+        rewriter = self.fast.proxy.rewriter
+        for line in block.split(b"\r\n")[:-1] if block else ():
             name, _, value = line.partition(b":")
-            value = value.strip(b" \t")
             lowered = name.lower()
+            if lowered not in _RESPONSE_SPECIAL:
+                out.append(line)
+                continue
+            value = value.strip(b" \t")
             if lowered == b"content-length":
                 if length is not None and length != value or not _DIGITS.match(value):
                     self._upstream_broken("sent an invalid Content-Length")
                     return False
                 length = value
-                continue
             elif lowered == b"transfer-encoding":
                 if value.lower() != b"chunked":
                     self._upstream_broken("sent a Transfer-Encoding other than chunked")
                     return False
                 chunked = True
-                continue
             elif lowered == b"connection":
                 connection_tokens.extend(t.strip().lower() for t in value.split(b","))
-                continue
-            parsed.append((lowered, name, value))
-        if b"close" in connection_tokens:
-            self.upstream_keepalive = False
-        named = {t for t in connection_tokens if t not in (b"close", b"keep-alive", b"")}
-        rewriter = self.fast.proxy.rewriter
-        for lowered, name, value in parsed:
-            if lowered in _HOP_BY_HOP or lowered in named:
-                continue
-            if lowered in _REWRITTEN:
+            elif lowered in _REWRITTEN:
                 text = value.decode("latin-1")
                 try:
                     if lowered == b"link":
@@ -1000,10 +1030,20 @@ class ClientConnection(asyncio.Protocol):
                 except MalformedURL as exc:
                     self._malformed_url(exc)
                     return False
-                value = text.encode("latin-1")
+                out.append(name + b": " + text.encode("latin-1"))
             elif lowered == _API_VERSION_FIELD:
                 has_version = True
-            lines += (name, b": ", value, b"\r\n")
+                out.append(line)
+            # The other hop-by-hop fields end here, dropped.
+        if connection_tokens:
+            if b"close" in connection_tokens:
+                self.upstream_keepalive = False
+            named = {t for t in connection_tokens if t not in (b"close", b"keep-alive", b"")}
+            if named:
+                out = [line for line in out if line.partition(b":")[0].lower() not in named]
+        lines = [b"HTTP/1.1 ", match.group(2), b" ", match.group(3) or b"", b"\r\n"]
+        if out:
+            lines += (b"\r\n".join(out), b"\r\n")
         if not has_version:
             lines.append(_API_VERSION_LINE)
         self.response_status = code
