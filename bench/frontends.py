@@ -3,6 +3,8 @@
 - `gateway`: `python -m gateway serve`, as a user runs it.
 - `gateway-metrics`: the same with `metrics_listen` on, to measure what the
   metrics cost per request.
+- `gateway-aiohttp`: the gateway with `fast_path = false`, every request served
+  by aiohttp's server and client, to measure what the fast path saves.
 - `nginx`: the distribution project's nginx recipe (docs/content/recipes/nginx.md)
   plus the tuning a careful operator adds: request bodies streamed
   (`proxy_request_buffering off`), responses buffered in memory only
@@ -160,6 +162,9 @@ def start(
     if name == "gateway-metrics" and gateway_config is None:
         gateway_config = folder / "metrics.toml"
         gateway_config.write_text('metrics_listen = "127.0.0.1:0"\n')
+    if name == "gateway-aiohttp" and gateway_config is None:
+        gateway_config = folder / "aiohttp.toml"
+        gateway_config.write_text("fast_path = false\n")
     if name.startswith("gateway"):
         if gateway_revision is not None:
             _export_gateway(gateway_revision, folder)

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--targets",
         default="gateway,gateway-metrics,nginx,haproxy",
-        help="comma-separated front-ends: gateway, gateway-metrics, nginx, nginx-recipe, "
+        help="comma-separated front-ends: gateway, gateway-metrics, gateway-aiohttp, nginx, nginx-recipe, "
         "haproxy (default gateway,gateway-metrics,nginx,haproxy; missing programs are skipped)",
     )
     parser.add_argument(
