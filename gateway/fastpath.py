@@ -72,6 +72,7 @@ rejected_log = RateLimitedLog(logging.getLogger("gateway.server"))
 
 FAST_METHODS = frozenset((b"GET", b"HEAD", b"PUT", b"PATCH", b"POST", b"DELETE"))
 BODYLESS_METHODS = frozenset((b"GET", b"HEAD", b"DELETE"))
+REPLAYABLE = frozenset((b"GET", b"HEAD"))
 # Every header line: a token, a colon, then visible bytes, SP and HTAB only.
 _HEADER_LINES = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*\Z")
 _TARGET = re.compile(rb"/[\x21-\x7e]*\Z")
@@ -1146,11 +1147,12 @@ class ClientConnection(asyncio.Protocol):
             self.upstream_eof()
             return
         if not self.response_started:
-            what = "closed the connection before it answered"
+            what = "closed the connection before it sent a response"
             reused = connection.used > 1
-            if reused and self.request_done and self.request.method in BODYLESS_METHODS:
-                # A kept-alive connection the registry closed as this request went out:
-                # the request had no body, so send it again on a new connection.
+            if reused and self.request_done and self.request.method in REPLAYABLE and not self.response_head:
+                # A kept-alive connection the registry closed as this request went out,
+                # before any byte came back: a GET or HEAD is sent again on a new
+                # connection, as Go's http.Transport does for replayable requests.
                 self.pending = [self.sent_head]
                 self.state = CONNECTING
                 self.fast.loop.create_task(self._connect())
