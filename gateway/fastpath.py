@@ -2,7 +2,7 @@
 
 aiohttp's server and client build a request object, a response object, a
 header multidict and a body stream for every request, and that costs about
-five times what nginx spends on a manifest HEAD. Most of what a registry sees is
+five times what nginx spends on a manifest HEAD. Most of what a registry receives is
 plain: GET and HEAD of manifests and blobs, and uploads with a Content-Length or
 a chunked body. This module serves those on each TLS connection with one
 asyncio protocol per side:
@@ -11,7 +11,7 @@ asyncio protocol per side:
   vouch for (HTTP/1.0, `Expect`, `Upgrade`, both or several framing fields, a
   field with control bytes, an oversized head, a `/_gateway/` path, a request
   that needs a password check or a client certificate that is not cached) is
-  never answered here: the connection is handed, with every byte still
+  never served here: the connection is handed, with every byte still
   unread, to aiohttp's handler (`gateway.protocol`), which serves it and the
   rest of that connection as before. The hand-over happens only between
   requests, so no byte is ever lost or seen twice.
@@ -257,8 +257,8 @@ def parse_request_head(head: bytes, max_line: int, max_field: int, max_fields: i
             parsed.authorization = value
             parsed.authorization_line = line
         elif lowered == b"expect":
-            # The gateway sends the 100 Continue itself, as nginx does; the registry
-            # gets no Expect, so the body does not wait for a second interim reply.
+            # The gateway sends the 100 Continue itself, as nginx does. The registry
+            # gets no Expect, so the body does not wait for a second interim response.
             if value.lower() != b"100-continue" or parsed.expect_continue:
                 return None
             parsed.expect_continue = True
@@ -344,7 +344,7 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         client = self.client
         if client is None:
-            # An idle connection has nothing to say; whatever it sent cannot be trusted.
+            # An idle connection should send nothing; whatever it sent cannot be trusted.
             self.transport.close()
             return
         client.upstream_data(data)
@@ -386,7 +386,7 @@ class FastPath:
         self.max_line = config.max_request_line
         self.max_field = config.max_header_size
         self.max_fields = config.max_headers
-        # A head longer than every line it may hold goes to aiohttp, which answers 414 or 431.
+        # A head longer than every line it may hold goes to aiohttp, which returns 414 or 431.
         self.head_limit = config.max_request_line + (config.max_header_size + 2) * config.max_headers + 4
         self.trusted_any = bool(config.trusted_proxies)
         self.client_ca = config.client_ca is not None
@@ -429,7 +429,7 @@ class FastPath:
         return self.default_pool
 
     def authority(self, host: bytes, port: int) -> str:
-        """The public `host[:port]` for a Host field, as `Proxy.public_authority` gives it."""
+        """Return the public `host[:port]` for a Host field, as `Proxy.public_authority` does."""
         known = self._authorities.get(host, False)
         if known is False:
             from yarl import URL
@@ -695,7 +695,7 @@ class ClientConnection(asyncio.Protocol):
         self._answer(head, unauthorized())
 
     def _answer(self, head: RequestHead, response: web.Response) -> None:
-        """Answer `head` with one of the gateway's own responses, without the upstream.
+        """Send one of the gateway's own responses for `head`, without the upstream.
 
         The request's body, if any, was not read, so the connection closes after it.
         """
@@ -874,7 +874,7 @@ class ClientConnection(asyncio.Protocol):
         self._hand_over()
 
     def _original_bytes(self) -> bytes:
-        """The request as the client sent it: kept for a replay (head and pending body only)."""
+        """Return the request as the client sent it, for a replay (head and pending body only)."""
         return self._client_head + b"".join(self.pending[1:])
 
     def _attach(self, connection: UpstreamConnection) -> None:
@@ -938,8 +938,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _bad_body(self, data: bytes) -> None:
         if self.state in (BODY_WAIT, CONNECTING):
-            # Nothing went upstream yet: aiohttp's parser answers it, as it answers
-            # every malformed message it sees whole.
+            # Nothing went upstream yet: aiohttp's parser rejects it, with the same
+            # response as for every malformed message it receives whole.
             self.pending.append(data)
             self._replay_on_aiohttp()
             return
@@ -989,7 +989,7 @@ class ClientConnection(asyncio.Protocol):
         if code < 200:
             if code in (100, 102, 103):
                 return None
-            self._upstream_broken(f"answered with {code}, which the gateway does not relay")
+            self._upstream_broken(f"sent status {code}, which the gateway does not relay")
             return False
         if match.group(1) == b"0":
             self.upstream_keepalive = False
@@ -1206,7 +1206,7 @@ class ClientConnection(asyncio.Protocol):
             upstream.transport.abort()
 
     def _send_own(self, response: web.Response, close: bool) -> None:
-        """Answer with one of the gateway's own responses, if nothing has gone out yet."""
+        """Send one of the gateway's own responses, if nothing has gone out yet."""
         if self.response_started or self.transport is None:
             self._finish(self.response_status or 499)
             self.abort()
