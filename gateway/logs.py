@@ -54,6 +54,8 @@ class RateLimitedLog:
 # part between the logger name and the colon (" (worker 2)") is kept as is.
 _STANDARD_FORMAT = re.compile(r"%\(asctime\)s %\(levelname\)s %\(name\)s([^%]*): %\(message\)s\Z")
 BATCH_LINES = 256
+# A line waits at most this long; the first line after a quiet spell goes out at once.
+FLUSH_INTERVAL = 0.1
 
 
 class AccessLog:
@@ -64,8 +66,9 @@ class AccessLog:
     fast path's CPU per small request. So when the gateway's logging has the
     standard setup, this class writes the same text itself. That setup is one
     plain StreamHandler on the `gateway` logger, the standard format and no
-    filters. The lines of one event loop pass then go out in one write, as with
-    nginx's `access_log ... buffer=`. With any other setup (a test's capture
+    filters. Lines then go out together, at most FLUSH_INTERVAL after they were
+    logged, as with nginx's `access_log ... buffer= flush=`; the first line after
+    a quiet spell is written at once. With any other setup (a test's capture
     handler, a file handler, filters), every line goes through `logging`.
     """
 
@@ -78,6 +81,7 @@ class AccessLog:
         self._second = -1
         self._stamp = ""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_flush = 0.0
         atexit.register(self.flush)
 
     def enabled(self) -> bool:
@@ -145,7 +149,11 @@ class AccessLog:
             if loop is None:
                 self.flush()
                 return
-            loop.call_soon(self.flush)
+            delay = self._last_flush + FLUSH_INTERVAL - loop.time()
+            if delay > 0:
+                loop.call_later(delay, self.flush)
+            else:
+                loop.call_soon(self.flush)
         elif len(pending) >= BATCH_LINES:
             self.flush()
 
@@ -156,6 +164,8 @@ class AccessLog:
             return
         text = "".join(self._pending)
         self._pending.clear()
+        if self._loop is not None:
+            self._last_flush = self._loop.time()
         handler = self._handler
         handler.acquire()
         try:

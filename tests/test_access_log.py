@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from gateway.logs import AccessLog
+from gateway.logs import FLUSH_INTERVAL, AccessLog
 
 STANDARD = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO test\.gw\.access(?P<tail>[^:]*): (?P<message>.*)")
@@ -41,21 +41,30 @@ def test_standard_setup_is_written_directly_in_one_batch(loggers):
     stream = standard_handler(parent)
     access = AccessLog(child)
 
-    async def two_lines() -> str:
+    async def three_lines() -> tuple[str, str, str]:
         access.write('127.0.0.1 "GET /v2/" 200 in=0 out=2 0.001s id=1')
         access.write('127.0.0.1 "HEAD /v2/x/manifests/v1" 200 in=0 out=0 0.002s id=2')
         before = stream.getvalue()
         await asyncio.sleep(0)
-        return before
+        first_batch = stream.getvalue()
+        # Right after a write, the next line waits for the flush interval.
+        access.write('127.0.0.1 "GET /v2/" 200 in=0 out=2 0.001s id=3')
+        await asyncio.sleep(0)
+        held = stream.getvalue()
+        await asyncio.sleep(FLUSH_INTERVAL * 3)
+        return before, first_batch, held
 
-    before_flush = asyncio.run(two_lines())
+    before, first_batch, held = asyncio.run(three_lines())
     assert access._handler is not None, "the standard setup was not recognised"
-    assert before_flush == "", "lines were written one by one instead of in one batch"
+    assert before == "", "lines were written one by one instead of in one batch"
+    assert held == first_batch, "a line right after a write did not wait for the interval"
     lines = stream.getvalue().splitlines()
     assert [LINE.fullmatch(line).group("message") for line in lines] == [
         '127.0.0.1 "GET /v2/" 200 in=0 out=2 0.001s id=1',
         '127.0.0.1 "HEAD /v2/x/manifests/v1" 200 in=0 out=0 0.002s id=2',
+        '127.0.0.1 "GET /v2/" 200 in=0 out=2 0.001s id=3',
     ]
+    assert len(first_batch.splitlines()) == 2
 
 
 def test_direct_text_equals_logging_text(loggers):
