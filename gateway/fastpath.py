@@ -82,6 +82,7 @@ _HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
 _FORWARDING = frozenset(name.encode() for name in FORWARDING)
 # Fields that send the request to aiohttp's path whenever they are present.
 _HAND_OVER_FIELDS = frozenset((b"expect", b"upgrade", b"http2-settings"))
+_NOT_NAMEABLE = frozenset((b"close", b"keep-alive", b"", b"host", b"content-length"))
 _REWRITTEN = frozenset((b"location", b"content-location", b"link", b"www-authenticate"))
 _STATUS_PREFIX = status.PREFIX.rstrip("/").encode()
 _API_VERSION_FIELD = API_VERSION_HEADER.lower().encode()
@@ -239,7 +240,9 @@ def parse_request_head(head: bytes, max_line: int, max_field: int, max_fields: i
         if b"upgrade" in connection:
             return None
         parsed.close = b"close" in connection
-        named = {t for t in connection if t not in (b"close", b"keep-alive", b"")}
+        # A Connection option never removes Host or Content-Length: without its
+        # Content-Length the body would reach the upstream as a request of its own.
+        named = {t for t in connection if t not in _NOT_NAMEABLE}
         if named:
             parsed.fields = fields = [f for f in fields if f[0] not in named]
     if encoding is not None:

@@ -1,0 +1,213 @@
+"""The fast path (gateway.fastpath) against hostile clients and misbehaving upstreams.
+
+Most tests run the same bytes through both paths (`fast_path` true and false)
+and check that the client and the upstream see the same thing. The upstream
+is either tests.mock_upstream (aiohttp, records parsed requests) or
+`RawUpstream` below, a plain asyncio server that records every byte it
+receives and answers with bytes each test scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from gateway.config import Config
+from gateway.metrics import Metrics
+from tests.conftest import running_gateway
+from tests.test_hostile import exchange, parse_response, tls_context
+
+MiB = 1024 * 1024
+BOTH_PATHS = pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "aiohttp"])
+
+
+def gateway_config(url: str, fast_path: bool, **overrides) -> Config:
+    config = Config(upstream=URL(url), names=["localhost"], fast_path=fast_path)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+async def read_message(reader: asyncio.StreamReader) -> bytes:
+    """Read one HTTP/1.1 message (head and Content-Length or chunked body) as raw bytes."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    fields = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value.strip()
+    if fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+        body = b""
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            body += size_line
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                while True:
+                    line = await reader.readuntil(b"\r\n")
+                    body += line
+                    if line == b"\r\n":
+                        return head + body
+            body += await reader.readexactly(size + 2)
+    length = int(fields.get(b"content-length", b"0"))
+    return head + await reader.readexactly(length)
+
+
+class RawUpstream:
+    """A plain asyncio server on 127.0.0.1 that records raw requests and runs `serve` per connection."""
+
+    def __init__(self, serve):
+        self.serve = serve
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.closed = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> "RawUpstream":
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def read(self, reader) -> bytes:
+        message = await read_message(reader)
+        self.requests.append(message)
+        return message
+
+    async def _handle(self, reader, writer) -> None:
+        self.connections += 1
+        try:
+            await self.serve(self, reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.closed += 1
+            writer.close()
+
+    async def stop(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def scripted(*responses: bytes, keep_open: bool = False):
+    """A `serve` that reads one request per response and sends that response."""
+
+    async def serve(upstream, reader, writer):
+        for response in responses:
+            await upstream.read(reader)
+            writer.write(response)
+            await writer.drain()
+        if keep_open:
+            await reader.read()
+
+    return serve
+
+
+def keepalive(response: bytes):
+    """A `serve` that answers every request on the connection with `response`."""
+
+    async def serve(upstream, reader, writer):
+        while True:
+            await upstream.read(reader)
+            writer.write(response)
+            await writer.drain()
+
+    return serve
+
+
+async def open_tls(port: int, local_ca):
+    return await asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls_context(local_ca), server_hostname="localhost"
+    )
+
+
+async def read_response(reader: asyncio.StreamReader, method: str = "GET") -> tuple[int, dict, bytes]:
+    """Read one response from the gateway, with its body, leaving the connection open."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status, headers, _ = parse_response(head)
+    if method == "HEAD" or status in (204, 304):
+        return status, headers, b""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = await asyncio.wait_for(read_message_body_chunked(reader), 10)
+        return status, headers, body
+    if "content-length" in headers:
+        return status, headers, await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 10)
+    return status, headers, await asyncio.wait_for(reader.read(), 10)
+
+
+async def read_message_body_chunked(reader) -> bytes:
+    body = b""
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":
+                pass
+            return body
+        body += (await reader.readexactly(size + 2))[:-2]
+
+
+async def settle(check, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+OK_EMPTY = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+
+def ok(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+# --- request framing ---------------------------------------------------------
+
+
+@BOTH_PATHS
+async def test_connection_naming_content_length(local_ca, fast_path):
+    """`Connection: content-length` does not strip the framing, so the body is never a request."""
+    smuggled = b"DELETE /v2/victim/manifests/latest HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    upstream = await RawUpstream(keepalive(OK_EMPTY)).start()
+    try:
+        async with running_gateway(gateway_config(upstream.url, fast_path), local_ca) as gateway:
+            raw = await exchange(
+                gateway.bound[0].port,
+                tls_context(local_ca),
+                b"PUT /v2/x/blobs/uploads/u HTTP/1.1\r\nHost: localhost\r\n"
+                b"Connection: content-length, close\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(smuggled), smuggled),
+            )
+            await asyncio.sleep(0.2)
+    finally:
+        await upstream.stop()
+    assert parse_response(raw)[0] == 200
+    assert len(upstream.requests) == 1
+    assert not any(r.startswith(b"DELETE") for r in upstream.requests)
+    assert upstream.requests[0].endswith(smuggled) or b"\r\n" + smuggled in upstream.requests[0]
+
+
+@BOTH_PATHS
+async def test_connection_naming_host(local_ca, fast_path):
+    """`Connection: host` still leaves the upstream request with exactly one Host field."""
+    upstream = await RawUpstream(keepalive(OK_EMPTY)).start()
+    try:
+        async with running_gateway(gateway_config(upstream.url, fast_path), local_ca) as gateway:
+            raw = await exchange(
+                gateway.bound[0].port,
+                tls_context(local_ca),
+                b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: host, close\r\n\r\n",
+            )
+    finally:
+        await upstream.stop()
+    assert parse_response(raw)[0] == 200
+    hosts = re.findall(rb"(?im)^host:", upstream.requests[0])
+    assert len(hosts) == 1
