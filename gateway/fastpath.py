@@ -656,6 +656,10 @@ class ClientConnection(asyncio.Protocol):
             transport.resume_reading()
         transport.set_protocol(handler)
         handler.connection_made(transport)
+        if self._client_write_paused:
+            # The transport calls pause_writing() only when its buffer crosses the
+            # high-water mark, so a handler given a full buffer must be told.
+            handler.pause_writing()
         if data:
             handler.data_received(data)
 

@@ -211,3 +211,100 @@ async def test_connection_naming_host(local_ca, fast_path):
     assert parse_response(raw)[0] == 200
     hosts = re.findall(rb"(?im)^host:", upstream.requests[0])
     assert len(hosts) == 1
+
+
+# --- flow control --------------------------------------------------------------
+
+
+def blob_server(sizes: dict[bytes, int], sent: dict[bytes, int]):
+    """A `serve` that answers GET <path> with a body of sizes[path] bytes, written in steps."""
+
+    async def serve(upstream, reader, writer):
+        while True:
+            request = await upstream.read(reader)
+            path = request.split(b" ")[1]
+            size = sizes[path]
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+            step = b"x" * min(size, 256 * 1024)
+            left = size
+            sent[path] = 0
+            while left:
+                piece = step[:left]
+                writer.write(piece)
+                await writer.drain()
+                left -= len(piece)
+                sent[path] += len(piece)
+
+    return serve
+
+
+class RecordingTransport(asyncio.Transport):
+    """A client transport with no socket: it records writes and the protocol it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.protocol = None
+        self.written = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 443)}.get(name, default)
+
+    def set_protocol(self, protocol):
+        self.protocol = protocol
+
+    def get_protocol(self):
+        return self.protocol
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        pass
+
+    def get_write_buffer_size(self):
+        return 0
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+    def is_reading(self):
+        return True
+
+    def write(self, data):
+        self.written += data
+
+    def is_closing(self):
+        return self.closed
+
+    def close(self):
+        self.closed = True
+
+    def abort(self):
+        self.closed = True
+
+
+async def test_hand_over_keeps_write_pause(local_ca):
+    """A connection handed to aiohttp while its transport is paused for writing stays paused.
+
+    The transport calls pause_writing() once, on the protocol it had when its
+    buffer crossed the high-water mark, and aiohttp would otherwise write a
+    whole blob into that buffer.
+    """
+    upstream = await RawUpstream(keepalive(OK_EMPTY)).start()
+    try:
+        async with running_gateway(gateway_config(upstream.url, True), local_ca) as gateway:
+            transport = RecordingTransport()
+            connection = gateway.fast.protocol()
+            connection.connection_made(transport)
+            connection.pause_writing()
+            connection.data_received(b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            handler = transport.protocol
+            assert handler is not connection
+            assert handler.writing_paused
+            handler.resume_writing()
+            await settle(lambda: transport.written.startswith(b"HTTP/1.0 200"))
+            transport.close()
+            handler.connection_lost(None)
+    finally:
+        await upstream.stop()
