@@ -940,6 +940,11 @@ class ClientConnection(asyncio.Protocol):
                 connection_tokens.extend(t.strip().lower() for t in value.split(b","))
                 continue
             parsed.append((lowered, name, value))
+        if chunked and length is not None:
+            # RFC 9112 section 6.1 calls this a possible smuggling attempt, and
+            # aiohttp's client rejects it, so both paths answer 502.
+            self._upstream_broken("sent both Content-Length and Transfer-Encoding")
+            return False
         if b"close" in connection_tokens:
             self.upstream_keepalive = False
         named = {t for t in connection_tokens if t not in (b"close", b"keep-alive", b"")}

@@ -308,3 +308,113 @@ async def test_hand_over_keeps_write_pause(local_ca):
             handler.connection_lost(None)
     finally:
         await upstream.stop()
+
+
+def test_trickled_head_costs_linear_time(local_ca):
+    """A head sent in small pieces is searched once, not once per piece from its start."""
+
+    async def run():
+        upstream = await RawUpstream(keepalive(OK_EMPTY)).start()
+        try:
+            async with running_gateway(gateway_config(upstream.url, True), local_ca) as gateway:
+                transport = RecordingTransport()
+                connection = gateway.fast.protocol()
+                connection.connection_made(transport)
+                head = b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nX-Long: " + b"a" * gateway.fast.head_limit
+                started = time.perf_counter()
+                for offset in range(0, len(head), 64):
+                    connection.data_received(head[offset : offset + 64])
+                    if transport.protocol is not None:
+                        break
+                spent = time.perf_counter() - started
+                handler = transport.protocol
+                await settle(lambda: transport.closed)
+                handler.connection_lost(None)
+        finally:
+            await upstream.stop()
+        return spent, transport.written
+
+    spent, written = asyncio.run(run())
+    # Searching the whole buffer for each 64-byte piece takes about 10 s here.
+    assert spent < 1.0
+    assert parse_response(bytes(written))[0] == 431
+
+
+# --- accounting ----------------------------------------------------------------
+
+
+@BOTH_PATHS
+async def test_chunked_bytes_counted_without_framing(local_ca, caplog, fast_path):
+    """in= and out= and the byte counters count chunk data, not chunk-size lines."""
+    response = b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n"
+    upstream = await RawUpstream(keepalive(response)).start()
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    try:
+        async with running_gateway(gateway_config(upstream.url, fast_path), local_ca) as gateway:
+            metrics = gateway.proxy.metrics = Metrics()
+            raw = await exchange(
+                gateway.bound[0].port,
+                tls_context(local_ca),
+                b"PATCH /v2/x/blobs/uploads/u HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            )
+    finally:
+        await upstream.stop()
+    assert parse_response(raw)[0] == 202
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.access"]
+    assert len(lines) == 1
+    assert '"PATCH /v2/x/blobs/uploads/u" 202 in=11 out=7 ' in lines[0]
+    assert metrics.bytes_in._value.get() == 11
+    assert metrics.bytes_out._value.get() == 7
+
+
+# --- upstream misbehaviour -------------------------------------------------------
+
+
+@BOTH_PATHS
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabcd\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+    ],
+    ids=["cl-and-te", "close-before-body", "bad-chunk-size", "two-lengths"],
+)
+async def test_broken_response_gives_502(local_ca, fast_path, response):
+    """A response the gateway cannot relay safely, and has sent nothing of, becomes a JSON 502."""
+    await check_502(local_ca, fast_path, response)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabcd",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Bad: a\x00b\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
+    ],
+    ids=["gzip", "101", "obs-fold", "nul", "bare-lf"],
+)
+async def test_fast_path_strict_response_502(local_ca, response):
+    """The fast path answers 502 to response shapes aiohttp's client lets through."""
+    await check_502(local_ca, True, response)
+
+
+async def check_502(local_ca, fast_path: bool, response: bytes) -> None:
+    upstream = await RawUpstream(scripted(response)).start()
+    try:
+        async with running_gateway(gateway_config(upstream.url, fast_path), local_ca) as gateway:
+            raw = await exchange(
+                gateway.bound[0].port,
+                tls_context(local_ca),
+                b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            )
+    finally:
+        await upstream.stop()
+    status, headers, body = parse_response(raw)
+    assert status == 502
+    assert headers["docker-distribution-api-version"] == "registry/2.0"
+    assert json.loads(body)["errors"][0]["code"] in ("UNAVAILABLE", "UNKNOWN")
