@@ -1069,10 +1069,10 @@ class ClientConnection(asyncio.Protocol):
         if self.response_until_close and self.response_started:
             self.upstream_eof()
             return
-        if not self.response_started:
+        if not self.response_started or self._head_out:
             what = "closed the connection before it answered"
             reused = connection.used > 1
-            if reused and self.request_done and self.request.method in BODYLESS_METHODS:
+            if reused and not self.response_started and self.request_done and self.request.method in BODYLESS_METHODS:
                 # A kept-alive connection the registry closed as this request went out:
                 # the request had no body, so send it again on a new connection.
                 self.pending = [self.sent_head]
@@ -1094,7 +1094,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _upstream_broken(self, what: str) -> None:
         self.upstream_keepalive = False
-        if not self.response_started:
+        if not self.response_started or self._head_out:
             self._abandon_upstream()
             self._fail_upstream(502, "broke off the response", ValueError(f"the registry {what}"))
             return
@@ -1129,10 +1129,12 @@ class ClientConnection(asyncio.Protocol):
 
     def _send_own(self, response: web.Response, close: bool) -> None:
         """Answer with one of the gateway's own responses, if nothing has gone out yet."""
-        if self.response_started or self.transport is None:
+        if (self.response_started and not self._head_out) or self.transport is None:
             self._finish(self.response_status or 499)
             self.abort()
             return
+        # A relayed head still held back for its first body bytes is never sent.
+        self._head_out = b""
         body = response.body or b""
         self.bytes_out = len(body)
         self.transport.write(response_bytes(response, close))
@@ -1236,7 +1238,7 @@ class ClientConnection(asyncio.Protocol):
                     self._finish(self.response_status or 499)
                     self.abort()
             elif quiet >= config.idle_timeout:
-                if not self.response_started:
+                if not self.response_started or self._head_out:
                     self._fail_upstream(504, "timed out", TimeoutError())
                 else:
                     self._abandon_upstream()
