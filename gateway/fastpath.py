@@ -113,11 +113,13 @@ class ChunkScanner:
     read every accepted body. Trailer lines are checked and passed on.
     """
 
-    __slots__ = ("remaining", "state", "line", "done")
+    __slots__ = ("remaining", "state", "line", "done", "data_bytes")
 
     SIZE, DATA, DATA_END, TRAILER = range(4)
 
     def __init__(self) -> None:
+        # Chunk data seen so far, without the framing: what the access log counts.
+        self.data_bytes = 0
         self.remaining = 0
         self.state = self.SIZE
         self.line = b""
@@ -131,10 +133,12 @@ class ChunkScanner:
                 take = size - pos
                 if take >= self.remaining:
                     pos += self.remaining
+                    self.data_bytes += self.remaining
                     self.remaining = 0
                     self.state = self.DATA_END
                 else:
                     self.remaining -= take
+                    self.data_bytes += take
                     return size
                 continue
             end = data.find(b"\n", pos)
@@ -826,17 +830,19 @@ class ClientConnection(asyncio.Protocol):
             return
         scanner = self.scanner
         if scanner is not None:
+            counted = scanner.data_bytes
             used = scanner.feed(data)
             if used < 0:
                 self._bad_body(data)
                 return
             done = scanner.done
+            self.bytes_in += scanner.data_bytes - counted
         else:
             used = min(self.body_left, len(data))
             self.body_left -= used
             done = self.body_left == 0
+            self.bytes_in += used
         piece = data if used == len(data) else data[:used]
-        self.bytes_in += used
         if done:
             self.request_done = True
             if used < len(data):
@@ -1012,13 +1018,16 @@ class ClientConnection(asyncio.Protocol):
             return
         if not data:
             return  # the head goes out with the first body bytes
+        counted = -1
         if self.response_until_close:
             piece = data
         elif self.response_scanner is not None:
+            counted = self.response_scanner.data_bytes
             used = self.response_scanner.feed(data)
             if used < 0:
                 self._upstream_broken("sent a malformed chunked body")
                 return
+            counted = self.response_scanner.data_bytes - counted
             piece = data if used == len(data) else data[:used]
             if self.response_scanner.done:
                 self.response_done = True
@@ -1035,7 +1044,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 piece = data
                 self.response_left = left - len(data)
-        self.bytes_out += len(piece)
+        self.bytes_out += len(piece) if counted < 0 else counted
         if head_out:
             self._head_out = b""
             if len(piece) <= JOIN_LIMIT:
