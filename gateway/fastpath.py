@@ -553,7 +553,7 @@ class ClientConnection(asyncio.Protocol):
                 self.buffer = bytearray(data)
                 if self.requests:
                     self._head_started = asyncio.get_running_loop().time()
-            self._next_request()
+            self._next_request(len(data))
         elif state in (BODY_WAIT, CONNECTING):
             self._body_data(data)
         elif state == RESPONSE:
@@ -614,11 +614,18 @@ class ClientConnection(asyncio.Protocol):
 
     # --- requests ----------------------------------------------------------
 
-    def _next_request(self) -> None:
+    def _next_request(self, new: int = -1) -> None:
+        """Start the request whose head is in the buffer, if it is complete.
+
+        `new` is how many bytes at the buffer's end are not searched yet (-1:
+        all). Searching only those keeps a head sent a few bytes at a time from
+        costing time quadratic in its length.
+        """
         buffer = self.buffer
-        end = buffer.find(b"\r\n\r\n")
+        start = max(0, len(buffer) - new - 3) if new >= 0 else 0
+        end = buffer.find(b"\r\n\r\n", start)
         if end < 0:
-            if len(buffer) > self.fast.head_limit or b"\n\n" in buffer or buffer.startswith(b"\r\n"):
+            if len(buffer) > self.fast.head_limit or buffer.find(b"\n\n", start) >= 0 or buffer.startswith(b"\r\n"):
                 self._hand_over()
             return
         fast = self.fast
