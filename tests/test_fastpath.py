@@ -22,6 +22,7 @@ from yarl import URL
 from gateway.config import Config
 from gateway.metrics import Metrics
 from tests.conftest import running_gateway
+from tests.mock_upstream import Upstream
 from tests.test_hostile import exchange, parse_response, tls_context
 
 MiB = 1024 * 1024
@@ -418,3 +419,157 @@ async def check_502(local_ca, fast_path: bool, response: bytes) -> None:
     assert status == 502
     assert headers["docker-distribution-api-version"] == "registry/2.0"
     assert json.loads(body)["errors"][0]["code"] in ("UNAVAILABLE", "UNKNOWN")
+
+
+# --- both paths give the same answer ---------------------------------------------
+
+
+def req(method: bytes, fields: bytes = b"", body: bytes = b"", target: bytes = b"/v2/x/blobs/uploads/u") -> bytes:
+    return method + b" " + target + b" HTTP/1.1\r\nHost: localhost\r\n" + fields + b"\r\n" + body
+
+
+CHUNKED = b"Transfer-Encoding: chunked\r\n"
+CLOSE = b"Connection: close\r\n"
+
+# Each input ends with a request that asks to close, or is one the gateway rejects.
+SAME_ANSWER = {
+    "te-capitals": req(b"PATCH", b"Transfer-Encoding: Chunked\r\n" + CLOSE, b"5\r\nhello\r\n0\r\n\r\n"),
+    "te-spaces": req(b"PATCH", b"Transfer-Encoding:   chunked  \r\n" + CLOSE, b"5\r\nhello\r\n0\r\n\r\n"),
+    "te-tab": req(b"PATCH", b"Transfer-Encoding:\tchunked\r\n" + CLOSE, b"5\r\nhello\r\n0\r\n\r\n"),
+    "te-gzip-chunked": req(b"PATCH", b"Transfer-Encoding: gzip, chunked\r\n" + CLOSE, b"5\r\nhello\r\n0\r\n\r\n"),
+    "te-twice": req(b"PATCH", CHUNKED + CHUNKED + CLOSE, b"5\r\nhello\r\n0\r\n\r\n"),
+    "te-chunked-chunked": req(b"PATCH", b"Transfer-Encoding: chunked, chunked\r\n" + CLOSE, b"0\r\n\r\n"),
+    "cl-and-te": req(b"PATCH", b"Content-Length: 3\r\n" + CHUNKED + CLOSE, b"0\r\n\r\n"),
+    "te-and-cl": req(b"PATCH", CHUNKED + b"Content-Length: 3\r\n" + CLOSE, b"0\r\n\r\n"),
+    "cl-twice-same": req(b"PUT", b"Content-Length: 5\r\nContent-Length: 5\r\n" + CLOSE, b"hello"),
+    "cl-list": req(b"PUT", b"Content-Length: 5, 5\r\n" + CLOSE, b"hello"),
+    "cl-leading-zeros": req(b"PUT", b"Content-Length: 005\r\n" + CLOSE, b"hello"),
+    "cl-negative": req(b"PUT", b"Content-Length: -1\r\n" + CLOSE, b"hello"),
+    "cl-hex": req(b"PUT", b"Content-Length: 0x5\r\n" + CLOSE, b"hello"),
+    "cl-too-long": req(b"PUT", b"Content-Length: 100000000000000000000\r\n" + CLOSE, b"hello"),
+    "space-before-colon": req(b"PUT", b"Content-Length : 5\r\n" + CLOSE, b"hello"),
+    "obs-fold": req(b"GET", b"X-A: a\r\n  folded\r\n" + CLOSE),
+    "nul-in-value": req(b"GET", b"X-A: a\x00b\r\n" + CLOSE),
+    "bare-cr-in-value": req(b"GET", b"X-A: a\rb\r\n" + CLOSE),
+    "control-byte": req(b"GET", b"X-A: a\x01b\r\n" + CLOSE),
+    "del-byte": req(b"GET", b"X-A: a\x7fb\r\n" + CLOSE),
+    "bare-lf-line": b"GET /v2/ HTTP/1.1\r\nHost: localhost\nConnection: close\r\n\r\n",
+    "bare-lf-end": b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\n\n",
+    "absolute-form": req(b"GET", CLOSE, target=b"http://other.example/v2/"),
+    "asterisk": req(b"OPTIONS", CLOSE, target=b"*"),
+    "http10": b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n",
+    "http10-no-host": b"GET /v2/ HTTP/1.0\r\n\r\n",
+    "no-host": b"GET /v2/ HTTP/1.1\r\nConnection: close\r\n\r\n",
+    "two-hosts": b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nHost: other\r\nConnection: close\r\n\r\n",
+    "lowercase-method": req(b"get", CLOSE),
+    "two-spaces": b"GET  /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    "leading-crlf": b"\r\n" + req(b"GET", CLOSE),
+    "upgrade": req(b"GET", b"Connection: Upgrade, close\r\nUpgrade: h2c\r\n"),
+    "get-with-body": req(b"GET", b"Content-Length: 5\r\n" + CLOSE, b"hello"),
+    "chunk-leading-zeros": req(b"PATCH", CHUNKED + CLOSE, b"0005\r\nhello\r\n0000\r\n\r\n"),
+    "chunk-16-digits": req(b"PATCH", CHUNKED + CLOSE, b"0000000000000005\r\nhello\r\n0\r\n\r\n"),
+    "chunk-17-digits": req(b"PATCH", CHUNKED + CLOSE, b"00000000000000005\r\nhello\r\n0\r\n\r\n"),
+    "chunk-huge": req(b"PATCH", CHUNKED + CLOSE, b"fffffffffffffffff\r\nhello\r\n0\r\n\r\n"),
+    "chunk-extension": req(b"PATCH", CHUNKED + CLOSE, b"5;name=value\r\nhello\r\n0\r\n\r\n"),
+    "chunk-size-space": req(b"PATCH", CHUNKED + CLOSE, b"5 \r\nhello\r\n0\r\n\r\n"),
+    "chunk-bare-lf": req(b"PATCH", CHUNKED + CLOSE, b"5\nhello\r\n0\r\n\r\n"),
+    "chunk-data-too-long": req(b"PATCH", CHUNKED + CLOSE, b"5\r\nhello!\r\n0\r\n\r\n"),
+    "chunk-negative": req(b"PATCH", CHUNKED + CLOSE, b"-5\r\nhello\r\n0\r\n\r\n"),
+    "trailer": req(b"PATCH", CHUNKED + CLOSE, b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n"),
+    "trailer-obs-fold": req(b"PATCH", CHUNKED + CLOSE, b"5\r\nhello\r\n0\r\nX-T: 1\r\n 2\r\n\r\n"),
+    "pipelined-gets": req(b"GET", target=b"/v2/a") + req(b"HEAD", target=b"/v2/b") + req(b"GET", CLOSE, target=b"/v2/c"),
+    "body-then-request": req(b"PUT", b"Content-Length: 5\r\n", b"hello") + req(b"GET", CLOSE, target=b"/v2/next"),
+    "chunked-then-request": req(b"PATCH", CHUNKED, b"5\r\nhello\r\n0\r\n\r\n") + req(b"GET", CLOSE, target=b"/v2/next"),
+    "fast-then-handed-over": req(b"GET", target=b"/v2/a") + b"GET /v2/b HTTP/1.0\r\nHost: localhost\r\n\r\n",
+    "handed-over-then-fast": b"GET /v2/a HTTP/1.1\r\nConnection: close\r\n\r\n" + req(b"GET", CLOSE, target=b"/v2/b"),
+    "gateway-path": req(b"GET", CLOSE, target=b"/_gateway/nothing"),
+    "field-just-under": req(b"GET", b"X-Big: " + b"b" * 8180 + b"\r\n" + CLOSE),
+    "field-just-over": req(b"GET", b"X-Big: " + b"b" * 8200 + b"\r\n" + CLOSE),
+    "line-just-under": req(b"GET", CLOSE, target=b"/v2/" + b"a" * 8170),
+    "line-just-over": req(b"GET", CLOSE, target=b"/v2/" + b"a" * 8200),
+}
+
+
+async def exchange_until_close(port: int, local_ca, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send `data` and read until the gateway closes, or `timeout` passes."""
+    reader, writer = await open_tls(port, local_ca)
+    writer.write(data)
+    await writer.drain()
+    received = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                piece = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
+            except (TimeoutError, ConnectionError):
+                break
+            if not piece:
+                break
+            received += piece
+    finally:
+        writer.close()
+    return received
+
+
+async def run_through(fast_path: bool, local_ca, data: bytes):
+    upstream = Upstream()
+    await upstream.start()
+    try:
+        async with running_gateway(gateway_config(upstream.url, fast_path), local_ca) as gateway:
+            raw = await exchange_until_close(gateway.bound[0].port, local_ca, data)
+    finally:
+        await upstream.stop()
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.[01] (\d{3})", raw)]
+    reached = [(r["method"], r["raw_path"], r["body"]) for r in upstream.received]
+    return statuses, reached
+
+
+@pytest.mark.parametrize("name", sorted(SAME_ANSWER))
+async def test_same_answer_on_both_paths(local_ca, name):
+    """The same bytes get the same statuses, and the upstream the same requests, on both paths."""
+    fast = await run_through(True, local_ca, SAME_ANSWER[name])
+    slow = await run_through(False, local_ca, SAME_ANSWER[name])
+    assert fast[0] == slow[0]
+    assert fast[1] == slow[1]
+    assert fast[0]
+
+
+async def test_nothing_after_connection_close(local_ca):
+    """A request after one with `Connection: close` never reaches the upstream.
+
+    aiohttp's parser answers the pair with 400 instead, because llhttp rejects
+    bytes after a closing request; the fast path serves the first request.
+    """
+    data = req(b"PUT", b"Content-Length: 5\r\n" + CLOSE, b"hello") + req(b"DELETE", target=b"/v2/never")
+    statuses, reached = await run_through(True, local_ca, data)
+    assert statuses == [200]
+    assert reached == [("PUT", "/v2/x/blobs/uploads/u", b"hello")]
+
+
+async def test_head_split_byte_by_byte(local_ca):
+    """Pipelined requests sent one byte per TLS record arrive upstream whole and once each."""
+    data = (
+        req(b"PUT", b"Content-Length: 5\r\n", b"hello")
+        + req(b"PATCH", CHUNKED, b"3\r\nabc\r\n0\r\n\r\n")
+        + b"GET /v2/old HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n"
+        + req(b"GET", CLOSE, target=b"/v2/last")
+    )
+    upstream = Upstream()
+    await upstream.start()
+    try:
+        async with running_gateway(gateway_config(upstream.url, True), local_ca) as gateway:
+            reader, writer = await open_tls(gateway.bound[0].port, local_ca)
+            for byte in data:
+                writer.write(bytes([byte]))
+                await writer.drain()
+            raw = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+    finally:
+        await upstream.stop()
+    assert [int(c) for c in re.findall(rb"HTTP/1\.[01] (\d{3})", raw)] == [200, 200, 200, 200]
+    assert [(r["method"], r["raw_path"], r["body"]) for r in upstream.received] == [
+        ("PUT", "/v2/x/blobs/uploads/u", b"hello"),
+        ("PATCH", "/v2/x/blobs/uploads/u", b"abc"),
+        ("GET", "/v2/old", b""),
+        ("GET", "/v2/last", b""),
+    ]
