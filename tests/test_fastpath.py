@@ -30,7 +30,8 @@ BOTH_PATHS = pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "a
 
 
 def gateway_config(url: str, fast_path: bool, **overrides) -> Config:
-    config = Config(upstream=URL(url), names=["localhost"], fast_path=fast_path)
+    # A short drain timeout keeps a test that leaves a request hanging from waiting 30 s.
+    config = Config(upstream=URL(url), names=["localhost"], fast_path=fast_path, drain_timeout=2.0)
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
@@ -573,3 +574,122 @@ async def test_head_split_byte_by_byte(local_ca):
         ("GET", "/v2/old", b""),
         ("GET", "/v2/last", b""),
     ]
+
+
+# --- upstream misbehaviour, on one client connection -------------------------------
+
+
+async def two_requests(fast_path: bool, local_ca, serve, first: bytes = b"GET", **overrides):
+    """Send two requests on one client connection; return both responses and the upstream."""
+    upstream = await RawUpstream(serve).start()
+    try:
+        config = gateway_config(upstream.url, fast_path, **overrides)
+        async with running_gateway(config, local_ca) as gateway:
+            reader, writer = await open_tls(gateway.bound[0].port, local_ca)
+            responses = []
+            for method in (first, b"GET"):
+                writer.write(method + b" /v2/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                await writer.drain()
+                responses.append(await read_response(reader, method.decode()))
+            writer.close()
+    finally:
+        await upstream.stop()
+    return responses, upstream
+
+
+def per_connection(*responses: bytes, then_close: bool = False):
+    """A `serve` that answers the n-th request on each connection with responses[n]."""
+
+    async def serve(upstream, reader, writer):
+        for response in responses:
+            await upstream.read(reader)
+            writer.write(response)
+            await writer.drain()
+        if not then_close:
+            await reader.read()
+
+    return serve
+
+
+@BOTH_PATHS
+@pytest.mark.parametrize(
+    ("name", "serve", "connections"),
+    [
+        ("interim-100", per_connection(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"one"), ok(b"two")), 1),
+        ("interim-103", per_connection(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + ok(b"one"), ok(b"two")), 1),
+        ("connection-close", per_connection(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\none", then_close=True), 2),
+        ("http10-response", per_connection(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\none", then_close=True), 2),
+        ("extra-bytes", per_connection(ok(b"one") + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra"), 2),
+        ("idle-close", per_connection(ok(b"one"), then_close=True), 2),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+async def test_upstream_connection_quirks(local_ca, fast_path, name, serve, connections):
+    """Each upstream quirk still gives the client both bodies, on fresh upstream connections where needed."""
+    responses, upstream = await two_requests(fast_path, local_ca, serve)
+    statuses = [r[0] for r in responses]
+    bodies = [r[2] for r in responses]
+    assert statuses == [200, 200]
+    assert bodies[0] == b"one"
+    assert bodies[1] in (b"one", b"two")
+    assert upstream.connections == connections
+    assert len(upstream.requests) == 2
+
+
+@BOTH_PATHS
+@pytest.mark.parametrize(
+    ("method", "response"),
+    [
+        (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"),
+        (b"GET", b"HTTP/1.1 204 No Content\r\n\r\n"),
+        (b"GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\n\r\n"),
+    ],
+    ids=["head", "204", "304"],
+)
+async def test_bodyless_responses_keep_connection(local_ca, fast_path, method, response):
+    """HEAD, 204 and 304 carry no body, so the next response on both connections is intact."""
+    responses, upstream = await two_requests(fast_path, local_ca, per_connection(response, ok(b"two")), first=method)
+    assert responses[0][2] == b""
+    if method == b"HEAD":
+        assert responses[0][1]["content-length"] == "1234"
+    assert responses[1][2] == b"two"
+    assert upstream.connections == 1
+
+
+@BOTH_PATHS
+async def test_response_until_close(local_ca, fast_path):
+    """A response without a length is relayed to its end, which the upstream marks by closing."""
+    body = b"z" * 300_000
+    upstream = await RawUpstream(scripted(b"HTTP/1.1 200 OK\r\n\r\n" + body)).start()
+    try:
+        async with running_gateway(gateway_config(upstream.url, fast_path), local_ca) as gateway:
+            reader, writer = await open_tls(gateway.bound[0].port, local_ca)
+            writer.write(b"GET /v2/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            status, _, received = await read_response(reader)
+            writer.close()
+    finally:
+        await upstream.stop()
+    assert status == 200
+    assert received == body
+
+
+@BOTH_PATHS
+async def test_upstream_close_mid_body(local_ca, fast_path, caplog):
+    """An upstream that closes mid-body cuts the client connection; the short body is logged."""
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"y" * 200_000
+    upstream = await RawUpstream(scripted(response)).start()
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    try:
+        async with running_gateway(gateway_config(upstream.url, fast_path), local_ca) as gateway:
+            raw = await exchange_until_close(
+                gateway.bound[0].port, local_ca, b"GET /v2/a HTTP/1.1\r\nHost: localhost\r\n\r\n"
+            )
+    finally:
+        await upstream.stop()
+    status, headers, body = parse_response(raw)
+    assert status == 200
+    assert headers["content-length"] == "1000000"
+    assert len(body) == 200_000
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.access"]
+    assert len(lines) == 1
+    assert '"GET /v2/a" 200 in=0 out=200000 ' in lines[0]
