@@ -693,3 +693,111 @@ async def test_upstream_close_mid_body(local_ca, fast_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "gateway.access"]
     assert len(lines) == 1
     assert '"GET /v2/a" 200 in=0 out=200000 ' in lines[0]
+
+
+# --- disconnects and flow control ---------------------------------------------------
+
+
+@BOTH_PATHS
+async def test_client_gone_mid_response(local_ca, fast_path):
+    """A client that disconnects mid-response gets its upstream connection closed, not pooled."""
+    sent: dict[bytes, int] = {}
+    upstream = await RawUpstream(blob_server({b"/v2/a/blobs/big": 256 * MiB}, sent)).start()
+    try:
+        async with running_gateway(gateway_config(upstream.url, fast_path), local_ca) as gateway:
+            reader, writer = await open_tls(gateway.bound[0].port, local_ca)
+            writer.write(b"GET /v2/a/blobs/big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            await reader.readexactly(100_000)
+            writer.transport.abort()
+            await settle(lambda: upstream.closed == 1)
+            if gateway.fast is not None:
+                assert all(not pool.idle for pool in gateway.fast.pools.values() if pool)
+    finally:
+        await upstream.stop()
+    assert sent[b"/v2/a/blobs/big"] < 256 * MiB
+
+
+def slow_reader(delay: float):
+    """A `serve` that reads the request head, then its body slowly, then answers 201."""
+
+    async def serve(upstream, reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        upstream.requests.append(head)
+        upstream.body_read = 0
+        while True:
+            piece = await reader.read(65536)
+            if not piece:
+                return
+            upstream.body_read += len(piece)
+            await asyncio.sleep(delay)
+
+    return serve
+
+
+@BOTH_PATHS
+async def test_client_gone_mid_upload(local_ca, fast_path):
+    """A client that disconnects mid-upload gets its upstream connection closed."""
+    upstream = await RawUpstream(slow_reader(0)).start()
+    try:
+        async with running_gateway(gateway_config(upstream.url, fast_path), local_ca) as gateway:
+            reader, writer = await open_tls(gateway.bound[0].port, local_ca)
+            writer.write(
+                b"PUT /v2/a/blobs/uploads/u HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10000000\r\n\r\n"
+                + b"u" * 300_000
+            )
+            await writer.drain()
+            await settle(lambda: getattr(upstream, "body_read", 0) >= 300_000)
+            writer.transport.abort()
+            await settle(lambda: upstream.closed == 1)
+    finally:
+        await upstream.stop()
+
+
+@BOTH_PATHS
+async def test_unread_response_pauses_upstream(local_ca, fast_path):
+    """A client that stops reading a large response makes the gateway stop reading the upstream."""
+    sent: dict[bytes, int] = {}
+    upstream = await RawUpstream(blob_server({b"/v2/a/blobs/big": 512 * MiB}, sent)).start()
+    try:
+        async with running_gateway(gateway_config(upstream.url, fast_path), local_ca) as gateway:
+            reader, writer = await open_tls(gateway.bound[0].port, local_ca)
+            writer.write(b"GET /v2/a/blobs/big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            await reader.readexactly(1000)
+            await asyncio.sleep(1.0)
+            first = sent[b"/v2/a/blobs/big"]
+            await asyncio.sleep(1.0)
+            second = sent[b"/v2/a/blobs/big"]
+            writer.transport.abort()
+    finally:
+        await upstream.stop()
+    # Kernel buffers on both loopback sockets and the gateway's own hold a few MiB.
+    assert first < 64 * MiB
+    assert second == first
+
+
+@BOTH_PATHS
+async def test_fast_upload_slow_upstream(local_ca, fast_path):
+    """A client uploading faster than the upstream reads is held back, not buffered."""
+    upstream = await RawUpstream(slow_reader(0.05)).start()
+    try:
+        async with running_gateway(gateway_config(upstream.url, fast_path), local_ca) as gateway:
+            reader, writer = await open_tls(gateway.bound[0].port, local_ca)
+            writer.write(
+                b"PUT /v2/a/blobs/uploads/u HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000000\r\n\r\n"
+            )
+            piece = b"u" * MiB
+            written = 0
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and written < 200 * MiB:
+                writer.write(piece)
+                try:
+                    await asyncio.wait_for(writer.drain(), max(0.01, deadline - time.monotonic()))
+                except TimeoutError:
+                    break
+                written += len(piece)
+            read = upstream.body_read
+            writer.transport.abort()
+    finally:
+        await upstream.stop()
+    # The upstream reads about 1.3 MiB/s; the rest may sit only in socket buffers.
+    assert written - read < 48 * MiB
