@@ -903,3 +903,133 @@ async def test_stalled_upload_after_first_bytes(local_ca, fast_path):
     assert upstream.body_read == 3
     if raw:
         assert parse_response(raw)[0] == 408
+
+
+# --- connections, metrics and shutdown ----------------------------------------------
+
+
+@BOTH_PATHS
+async def test_open_connections_counted_once(local_ca, fast_path):
+    """open_connections counts each client connection once, also after a hand-over."""
+    upstream = await RawUpstream(keepalive(ok(b"one"))).start()
+    try:
+        async with running_gateway(gateway_config(upstream.url, fast_path), local_ca) as gateway:
+            metrics = gateway.proxy.metrics = Metrics()
+            port = gateway.bound[0].port
+            held = []
+            for _ in range(3):
+                reader, writer = await open_tls(port, local_ca)
+                writer.write(b"GET /v2/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                assert (await read_response(reader))[0] == 200
+                held.append((reader, writer))
+            reader, writer = held[0]
+            writer.write(b"GET /v2/b HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n")
+            assert (await read_response(reader))[0] == 200
+            await asyncio.sleep(0.1)
+            assert gateway.open_connections == 3
+            assert gateway.proxy.in_flight == 0
+            counted = metrics.requests.labels("GET", "200")._value.get()
+            assert counted == 4
+            assert metrics.bytes_out._value.get() == 12
+            for _, writer in held:
+                writer.close()
+            await settle(lambda: gateway.open_connections == 0)
+    finally:
+        await upstream.stop()
+
+
+@BOTH_PATHS
+async def test_max_connections_with_busy_connections(local_ca, fast_path):
+    """Past limits.max_connections a new client gets a 503 while the held ones keep working."""
+    upstream = await RawUpstream(keepalive(ok(b"one"))).start()
+    try:
+        config = gateway_config(upstream.url, fast_path, max_connections=2)
+        async with running_gateway(config, local_ca) as gateway:
+            port = gateway.bound[0].port
+            held = []
+            for _ in range(2):
+                reader, writer = await open_tls(port, local_ca)
+                writer.write(b"GET /v2/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                assert (await read_response(reader))[0] == 200
+                held.append((reader, writer))
+            raw = await exchange_until_close(port, local_ca, b"GET /v2/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            reader, writer = held[1]
+            writer.write(b"GET /v2/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            again = await read_response(reader)
+            for _, writer in held:
+                writer.close()
+    finally:
+        await upstream.stop()
+    assert parse_response(raw)[0] == 503
+    assert again[0] == 200
+
+
+@BOTH_PATHS
+async def test_stop_drains_transfer_in_flight(local_ca, fast_path):
+    """Gateway.stop() (what SIGTERM runs) lets a running download finish and closes idle connections."""
+
+    async def slow_blob(upstream, reader, writer):
+        while True:
+            await upstream.read(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (20 * 65536))
+            for _ in range(20):
+                writer.write(b"d" * 65536)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+
+    upstream = await RawUpstream(slow_blob).start()
+    try:
+        async with running_gateway(gateway_config(upstream.url, fast_path), local_ca) as gateway:
+            port = gateway.bound[0].port
+            idle_reader, idle_writer = await open_tls(port, local_ca)
+            idle_writer.write(b"GET /v2/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            await read_response(idle_reader)
+            reader, writer = await open_tls(port, local_ca)
+            writer.write(b"GET /v2/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            await reader.readuntil(b"\r\n\r\n")
+            stopping = asyncio.create_task(gateway.stop())
+            idle_end = await asyncio.wait_for(idle_reader.read(), 2)
+            body = await asyncio.wait_for(reader.readexactly(20 * 65536), 10)
+            await asyncio.wait_for(stopping, 10)
+            idle_writer.close()
+            writer.close()
+    finally:
+        await upstream.stop()
+    assert idle_end == b""
+    assert body == b"d" * (20 * 65536)
+
+
+@BOTH_PATHS
+async def test_concurrent_uploads_and_downloads(local_ca, fast_path, client_ssl):
+    """64 concurrent uploads and downloads through the mock upstream all arrive intact."""
+    import aiohttp
+
+    blob = bytes(range(256)) * 4096
+
+    async def reply(request):
+        if request.method == "GET":
+            return web.Response(body=blob)
+        return web.Response(status=201, body=str(len(await request.read())).encode())
+
+    upstream = Upstream()
+    upstream.handle = reply
+    await upstream.start()
+    try:
+        async with running_gateway(gateway_config(upstream.url, fast_path), local_ca) as gateway:
+            base = f"https://localhost:{gateway.bound[0].port}"
+            connector = aiohttp.TCPConnector(ssl=client_ssl, limit=128)
+            async with aiohttp.ClientSession(connector=connector) as session:
+
+                async def download(i):
+                    async with session.get(f"{base}/v2/a/blobs/{i}") as response:
+                        return await response.read() == blob
+
+                async def upload(i):
+                    async with session.put(f"{base}/v2/a/blobs/uploads/{i}", data=blob) as response:
+                        return await response.read() == str(len(blob)).encode()
+
+                results = await asyncio.gather(*(download(i) for i in range(32)), *(upload(i) for i in range(32)))
+            assert gateway.proxy.in_flight == 0
+    finally:
+        await upstream.stop()
+    assert all(results)
