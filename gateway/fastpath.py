@@ -574,7 +574,9 @@ class ClientConnection(asyncio.Protocol):
             upstream.client = None
             upstream.transport.abort()
         if self.request is not None and not self.counted:
-            self._finish(499)
+            # Once the head has gone out the status is the upstream's, as on aiohttp's path.
+            sent = self.response_started and not self._head_out
+            self._finish(self.response_status if sent else 499)
 
     def pause_writing(self) -> None:
         self._client_write_paused = True
@@ -1097,10 +1099,14 @@ class ClientConnection(asyncio.Protocol):
                 return
             self._fail_upstream(502, "unreachable", ConnectionResetError(what))
             return
+        self._broke_off(str(exc) if exc else "connection closed")
+
+    def _broke_off(self, reason: str) -> None:
+        """Cut the client connection after a response body broke, as `Proxy._relay` does."""
         upstream_log.warning(
             "upstream-broken-body",
             "Upstream %s broke off the response body after %d bytes (request id %s): %s",
-            self.upstream_url, self.bytes_out, self.request_id, str(exc) if exc else "connection closed",
+            self.upstream_url, self.bytes_out, self.request_id, reason,
         )
         metrics = self.fast.proxy.metrics
         if metrics is not None:
@@ -1115,8 +1121,7 @@ class ClientConnection(asyncio.Protocol):
             self._fail_upstream(502, "broke off the response", ValueError(f"the registry {what}"))
             return
         self._abandon_upstream()
-        self._finish(self.response_status)
-        self.abort()
+        self._broke_off(f"the registry {what}")
 
     def _malformed_url(self, exc: MalformedURL) -> None:
         log.warning(
