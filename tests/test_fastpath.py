@@ -1073,3 +1073,47 @@ async def test_concurrent_uploads_and_downloads(local_ca, fast_path, client_ssl)
     finally:
         await upstream.stop()
     assert all(results)
+
+
+def close_on_second_request():
+    """A `serve` that answers the first request on its first connection, then closes on the next."""
+
+    async def serve(upstream, reader, writer):
+        first = upstream.connections == 1
+        await upstream.read(reader)
+        writer.write(ok(b"one" if first else b"two"))
+        await writer.drain()
+        if first:
+            await upstream.read(reader)
+            return
+        await reader.read()
+
+    return serve
+
+
+@BOTH_PATHS
+async def test_kept_alive_connection_closed_in_flight(local_ca, fast_path):
+    """A GET on a pooled connection the upstream closes instead of answering is sent again."""
+    responses, upstream = await two_requests(fast_path, local_ca, close_on_second_request())
+    assert [r[2] for r in responses] == [b"one", b"two"]
+    assert upstream.connections == 2
+    assert len(upstream.requests) == 3
+
+
+@BOTH_PATHS
+async def test_put_on_closed_connection_not_resent(local_ca, fast_path):
+    """A PUT with a body on a pooled connection the upstream closes gets a 502 and is not sent twice."""
+    upstream = await RawUpstream(close_on_second_request()).start()
+    try:
+        async with running_gateway(gateway_config(upstream.url, fast_path), local_ca) as gateway:
+            reader, writer = await open_tls(gateway.bound[0].port, local_ca)
+            writer.write(b"GET /v2/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            first = await read_response(reader)
+            writer.write(b"PUT /v2/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello")
+            second = await read_response(reader)
+            writer.close()
+    finally:
+        await upstream.stop()
+    assert first[2] == b"one"
+    assert second[0] == 502
+    assert len(upstream.requests) == 2
