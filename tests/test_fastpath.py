@@ -1117,3 +1117,33 @@ async def test_put_on_closed_connection_not_resent(local_ca, fast_path):
     assert first[2] == b"one"
     assert second[0] == 502
     assert len(upstream.requests) == 2
+
+
+async def dead_upstream_url() -> str:
+    """A loopback URL on which nothing listens."""
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        req(b"PUT", b"Content-Length: 5\r\n", b"hello") + req(b"GET", CLOSE, target=b"/v2/next"),
+        req(b"PATCH", CHUNKED, b"5\r\nhello\r\n0\r\n\r\n") + req(b"GET", CLOSE, target=b"/v2/next"),
+        req(b"GET") + req(b"HEAD") + req(b"GET", CLOSE),
+    ],
+    ids=["length", "chunked", "pipelined-gets"],
+)
+async def test_unreachable_upstream_replayed(local_ca, data):
+    """With the upstream down, each request gets aiohttp's 502, whole and in order, on both paths."""
+    results = []
+    for fast_path in (True, False):
+        url = await dead_upstream_url()
+        async with running_gateway(gateway_config(url, fast_path), local_ca) as gateway:
+            raw = await exchange_until_close(gateway.bound[0].port, local_ca, data)
+        results.append([int(code) for code in re.findall(rb"HTTP/1\.[01] (\d{3})", raw)])
+    assert results[0] == results[1]
+    assert set(results[0]) == {502}
