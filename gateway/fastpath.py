@@ -671,7 +671,7 @@ class ClientConnection(asyncio.Protocol):
         handler.connection_made(transport)
         if self._client_write_paused:
             # The transport calls pause_writing() only when its buffer crosses the
-            # high-water mark, so a handler given a full buffer must be told.
+            # high-water mark, so a handler that takes over a full buffer is paused here.
             handler.pause_writing()
         if data:
             handler.data_received(data)
@@ -839,13 +839,13 @@ class ClientConnection(asyncio.Protocol):
             return
         scanner = self.scanner
         if scanner is not None:
-            counted = scanner.data_bytes
+            before = scanner.data_bytes
             used = scanner.feed(data)
             if used < 0:
                 self._bad_body(data)
                 return
             done = scanner.done
-            self.bytes_in += scanner.data_bytes - counted
+            self.bytes_in += scanner.data_bytes - before
         else:
             used = min(self.body_left, len(data))
             self.body_left -= used
@@ -956,8 +956,8 @@ class ClientConnection(asyncio.Protocol):
                 continue
             parsed.append((lowered, name, value))
         if chunked and length is not None:
-            # RFC 9112 section 6.1 calls this a possible smuggling attempt, and
-            # aiohttp's client rejects it, so both paths answer 502.
+            # RFC 9112 section 6.3 says this may be smuggling and ought to be an
+            # error. aiohttp's client rejects it, so both paths respond with 502.
             self._upstream_broken("sent both Content-Length and Transfer-Encoding")
             return False
         if b"close" in connection_tokens:
@@ -1027,16 +1027,16 @@ class ClientConnection(asyncio.Protocol):
             return
         if not data:
             return  # the head goes out with the first body bytes
-        counted = -1
+        counted = None
         if self.response_until_close:
             piece = data
         elif self.response_scanner is not None:
-            counted = self.response_scanner.data_bytes
+            before = self.response_scanner.data_bytes
             used = self.response_scanner.feed(data)
             if used < 0:
                 self._upstream_broken("sent a malformed chunked body")
                 return
-            counted = self.response_scanner.data_bytes - counted
+            counted = self.response_scanner.data_bytes - before
             piece = data if used == len(data) else data[:used]
             if self.response_scanner.done:
                 self.response_done = True
@@ -1053,7 +1053,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 piece = data
                 self.response_left = left - len(data)
-        self.bytes_out += len(piece) if counted < 0 else counted
+        self.bytes_out += len(piece) if counted is None else counted
         if head_out:
             self._head_out = b""
             if len(piece) <= JOIN_LIMIT:

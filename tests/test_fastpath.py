@@ -4,7 +4,7 @@ Most tests run the same bytes through both paths (`fast_path` true and false)
 and check that the client and the upstream see the same thing. The upstream
 is either tests.mock_upstream (aiohttp, records parsed requests) or
 `RawUpstream` below, a plain asyncio server that records every byte it
-receives and answers with bytes each test scripts.
+receives and replies with bytes each test scripts.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import logging
 import re
 import time
 
+import aiohttp
 import pytest
 from aiohttp import web
 from yarl import URL
@@ -114,7 +115,7 @@ def scripted(*responses: bytes, keep_open: bool = False):
 
 
 def keepalive(response: bytes):
-    """A `serve` that answers every request on the connection with `response`."""
+    """A `serve` that replies to every request on the connection with `response`."""
 
     async def serve(upstream, reader, writer):
         while True:
@@ -219,7 +220,7 @@ async def test_connection_naming_host(local_ca, fast_path):
 
 
 def blob_server(sizes: dict[bytes, int], sent: dict[bytes, int]):
-    """A `serve` that answers GET <path> with a body of sizes[path] bytes, written in steps."""
+    """A `serve` that replies to GET <path> with a body of sizes[path] bytes, written in steps."""
 
     async def serve(upstream, reader, writer):
         while True:
@@ -337,7 +338,7 @@ def test_trickled_head_costs_linear_time(local_ca):
         return spent, transport.written
 
     spent, written = asyncio.run(run())
-    # Searching the whole buffer for each 64-byte piece takes about 10 s here.
+    # Searching the whole buffer again for each 64-byte piece took about 10 s in one run.
     assert spent < 1.0
     assert parse_response(bytes(written))[0] == 431
 
@@ -401,7 +402,7 @@ async def test_broken_response_gives_502(local_ca, fast_path, response):
     ids=["gzip", "101", "obs-fold", "nul", "bare-lf"],
 )
 async def test_fast_path_strict_response_502(local_ca, response):
-    """The fast path answers 502 to response shapes aiohttp's client lets through."""
+    """The fast path responds with 502 to response shapes aiohttp's client lets through."""
     await check_502(local_ca, True, response)
 
 
@@ -432,7 +433,7 @@ def req(method: bytes, fields: bytes = b"", body: bytes = b"", target: bytes = b
 CHUNKED = b"Transfer-Encoding: chunked\r\n"
 CLOSE = b"Connection: close\r\n"
 
-# Each input ends with a request that asks to close, or is one the gateway rejects.
+# Each input ends with a request that has `Connection: close`, or one the gateway rejects.
 SAME_ANSWER = {
     "te-capitals": req(b"PATCH", b"Transfer-Encoding: Chunked\r\n" + CLOSE, b"5\r\nhello\r\n0\r\n\r\n"),
     "te-spaces": req(b"PATCH", b"Transfer-Encoding:   chunked  \r\n" + CLOSE, b"5\r\nhello\r\n0\r\n\r\n"),
@@ -538,7 +539,7 @@ async def test_same_answer_on_both_paths(local_ca, name):
 async def test_nothing_after_connection_close(local_ca):
     """A request after one with `Connection: close` never reaches the upstream.
 
-    aiohttp's parser answers the pair with 400 instead, because llhttp rejects
+    aiohttp's parser responds to the pair with 400 instead, because llhttp rejects
     bytes after a closing request; the fast path serves the first request.
     """
     data = req(b"PUT", b"Content-Length: 5\r\n" + CLOSE, b"hello") + req(b"DELETE", target=b"/v2/never")
@@ -598,7 +599,7 @@ async def two_requests(fast_path: bool, local_ca, serve, first: bytes = b"GET", 
 
 
 def per_connection(*responses: bytes, then_close: bool = False):
-    """A `serve` that answers the n-th request on each connection with responses[n]."""
+    """A `serve` that replies to the n-th request on each connection with responses[n]."""
 
     async def serve(upstream, reader, writer):
         for response in responses:
@@ -647,7 +648,7 @@ async def test_upstream_connection_quirks(local_ca, fast_path, name, serve, conn
     ids=["head", "204", "304"],
 )
 async def test_bodyless_responses_keep_connection(local_ca, fast_path, method, response):
-    """HEAD, 204 and 304 carry no body, so the next response on both connections is intact."""
+    """HEAD, 204 and 304 carry no body, so the next response on the connection is intact."""
     responses, upstream = await two_requests(fast_path, local_ca, per_connection(response, ok(b"two")), first=method)
     assert responses[0][2] == b""
     if method == b"HEAD":
@@ -758,7 +759,7 @@ async def test_client_gone_mid_response(local_ca, fast_path, caplog):
 
 
 def slow_reader(delay: float):
-    """A `serve` that reads the request head, then its body slowly, then answers 201."""
+    """A `serve` that reads the request head, then its body in slow steps, and never replies."""
 
     async def serve(upstream, reader, writer):
         head = await reader.readuntil(b"\r\n\r\n")
@@ -878,7 +879,7 @@ async def test_slow_head_cut_after_fast_request(local_ca, fast_path):
 
 @BOTH_PATHS
 async def test_upstream_silent_gives_504(local_ca, fast_path):
-    """An upstream that never answers gets a 504 after upstream.idle_timeout."""
+    """An upstream that never replies gets a 504 after upstream.idle_timeout."""
 
     async def silent(upstream, reader, writer):
         await upstream.read(reader)
@@ -1042,8 +1043,6 @@ async def test_stop_drains_transfer_in_flight(local_ca, fast_path):
 @BOTH_PATHS
 async def test_concurrent_uploads_and_downloads(local_ca, fast_path, client_ssl):
     """64 concurrent uploads and downloads through the mock upstream all arrive intact."""
-    import aiohttp
-
     blob = bytes(range(256)) * 4096
 
     async def reply(request):
@@ -1076,7 +1075,7 @@ async def test_concurrent_uploads_and_downloads(local_ca, fast_path, client_ssl)
 
 
 def close_on_second_request():
-    """A `serve` that answers the first request on its first connection, then closes on the next."""
+    """A `serve` that replies to the first request on its first connection, then closes on the next."""
 
     async def serve(upstream, reader, writer):
         first = upstream.connections == 1
@@ -1093,7 +1092,7 @@ def close_on_second_request():
 
 @BOTH_PATHS
 async def test_kept_alive_connection_closed_in_flight(local_ca, fast_path):
-    """A GET on a pooled connection the upstream closes instead of answering is sent again."""
+    """A GET on a pooled connection the upstream closes instead of replying is sent again."""
     responses, upstream = await two_requests(fast_path, local_ca, close_on_second_request())
     assert [r[2] for r in responses] == [b"one", b"two"]
     assert upstream.connections == 2
