@@ -73,7 +73,9 @@ FAST_METHODS = frozenset((b"GET", b"HEAD", b"PUT", b"PATCH", b"POST", b"DELETE")
 BODYLESS_METHODS = frozenset((b"GET", b"HEAD", b"DELETE"))
 # Every header line: a token, a colon, then visible bytes, SP and HTAB only.
 _HEADER_LINES = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*\Z")
-_TARGET = re.compile(rb"/[\x21-\x7e]*\Z")
+# No "#": a fragment is not part of a request target (RFC 9112 section 3.2), and
+# aiohttp's path drops it before the upstream sees the path.
+_TARGET = re.compile(rb"/[\x21\x22\x24-\x7e]*\Z")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 _DIGITS = re.compile(rb"[0-9]{1,19}\Z")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?\Z")

@@ -459,6 +459,7 @@ SAME_ANSWER = {
     "bare-lf-end": b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\n\n",
     "absolute-form": req(b"GET", CLOSE, target=b"http://other.example/v2/"),
     "asterisk": req(b"OPTIONS", CLOSE, target=b"*"),
+    "fragment": req(b"GET", CLOSE, target=b"/v2/a#fragment"),
     "http10": b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n",
     "http10-no-host": b"GET /v2/ HTTP/1.0\r\n\r\n",
     "no-host": b"GET /v2/ HTTP/1.1\r\nConnection: close\r\n\r\n",
