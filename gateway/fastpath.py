@@ -263,6 +263,9 @@ def parse_request_head(head: bytes, max_line: int, max_field: int, max_fields: i
 class UpstreamPool:
     """Idle keep-alive connections to one plain-HTTP upstream."""
 
+    # NOTE: pool_size bounds only the idle connections here. aiohttp's path also
+    # caps the connections open at once at pool_size and queues the rest.
+
     def __init__(self, host: str, port: int, base_path: bytes, url: str, idle_limit: int, connect_timeout: float):
         self.host = host
         self.port = port
@@ -1105,6 +1108,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _broke_off(self, reason: str) -> None:
         """Cut the client connection after a response body broke, as `Proxy._relay` does."""
+        # NOTE: aiohttp's path reads a body with a Content-Length up to 64 KiB whole
+        # and sends a 502 when it breaks. Here its head and first bytes may be out.
         upstream_log.warning(
             "upstream-broken-body",
             "Upstream %s broke off the response body after %d bytes (request id %s): %s",
