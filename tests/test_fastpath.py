@@ -139,14 +139,14 @@ async def read_response(reader: asyncio.StreamReader, method: str = "GET") -> tu
     if method == "HEAD" or status in (204, 304):
         return status, headers, b""
     if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = await asyncio.wait_for(read_message_body_chunked(reader), 10)
+        body = await asyncio.wait_for(read_chunked_body(reader), 10)
         return status, headers, body
     if "content-length" in headers:
         return status, headers, await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 10)
     return status, headers, await asyncio.wait_for(reader.read(), 10)
 
 
-async def read_message_body_chunked(reader) -> bytes:
+async def read_chunked_body(reader) -> bytes:
     body = b""
     while True:
         size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
@@ -423,7 +423,7 @@ async def check_502(local_ca, fast_path: bool, response: bytes) -> None:
     assert json.loads(body)["errors"][0]["code"] in ("UNAVAILABLE", "UNKNOWN")
 
 
-# --- both paths give the same answer ---------------------------------------------
+# --- both paths respond the same ------------------------------------------------
 
 
 def req(method: bytes, fields: bytes = b"", body: bytes = b"", target: bytes = b"/v2/x/blobs/uploads/u") -> bytes:
