@@ -75,7 +75,9 @@ BODYLESS_METHODS = frozenset((b"GET", b"HEAD", b"DELETE"))
 REPLAYABLE = frozenset((b"GET", b"HEAD"))
 # Every header line: a token, a colon, then visible bytes, SP and HTAB only.
 _HEADER_LINES = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*\Z")
-_TARGET = re.compile(rb"/[\x21-\x7e]*\Z")
+# No "#": a fragment is not part of a request target (RFC 9112 section 3.2), and
+# aiohttp's path drops it before the upstream sees the path.
+_TARGET = re.compile(rb"/[\x21\x22\x24-\x7e]*\Z")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 _DIGITS = re.compile(rb"[0-9]{1,19}\Z")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?\Z")
@@ -84,6 +86,7 @@ _HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
 _FORWARDING = frozenset(name.encode() for name in FORWARDING)
 # Fields that send the request to aiohttp's path whenever they are present.
 _HAND_OVER_FIELDS = frozenset((b"upgrade", b"http2-settings"))
+_NOT_NAMEABLE = frozenset((b"close", b"keep-alive", b"", b"host", b"content-length"))
 _REWRITTEN = frozenset((b"location", b"content-location", b"link", b"www-authenticate"))
 # Response fields that _response_head looks at; every other one passes as written.
 _RESPONSE_SPECIAL = (
@@ -124,11 +127,13 @@ class ChunkScanner:
     read every accepted body. Trailer lines are checked and passed on.
     """
 
-    __slots__ = ("remaining", "state", "line", "done")
+    __slots__ = ("remaining", "state", "line", "done", "data_bytes")
 
     SIZE, DATA, DATA_END, TRAILER = range(4)
 
     def __init__(self) -> None:
+        # Chunk data seen so far, without the framing: what the access log counts.
+        self.data_bytes = 0
         self.remaining = 0
         self.state = self.SIZE
         self.line = b""
@@ -142,10 +147,12 @@ class ChunkScanner:
                 take = size - pos
                 if take >= self.remaining:
                     pos += self.remaining
+                    self.data_bytes += self.remaining
                     self.remaining = 0
                     self.state = self.DATA_END
                 else:
                     self.remaining -= take
+                    self.data_bytes += take
                     return size
                 continue
             end = data.find(b"\n", pos)
@@ -273,7 +280,9 @@ def parse_request_head(head: bytes, max_line: int, max_field: int, max_fields: i
         if b"upgrade" in connection:
             return None
         parsed.close = b"close" in connection
-        named = {t for t in connection if t not in (b"close", b"keep-alive", b"")}
+        # A Connection option never removes Host or Content-Length: without its
+        # Content-Length the body would reach the upstream as a request of its own.
+        named = {t for t in connection if t not in _NOT_NAMEABLE}
         if named:
             parsed.fields = [f for f in fields if f.partition(b":")[0].lower() not in named]
             parsed.forwarding = [f for f in parsed.forwarding if f[0] not in named]
@@ -290,6 +299,9 @@ def parse_request_head(head: bytes, max_line: int, max_field: int, max_fields: i
 
 class UpstreamPool:
     """Idle keep-alive connections to one plain-HTTP upstream."""
+
+    # NOTE: pool_size bounds only the idle connections here. aiohttp's path also
+    # caps the connections open at once at pool_size and queues the rest.
 
     def __init__(self, host: str, port: int, base_path: bytes, url: str, idle_limit: int, connect_timeout: float):
         self.host = host
@@ -587,7 +599,7 @@ class ClientConnection(asyncio.Protocol):
                 self.buffer = bytearray(data)
                 if self.requests:
                     self._head_started = self.fast.loop.time()
-            self._next_request()
+            self._next_request(len(data))
         elif state in (BODY_WAIT, CONNECTING):
             self._body_data(data)
         elif state == RESPONSE or state == AUTH_WAIT:
@@ -609,7 +621,9 @@ class ClientConnection(asyncio.Protocol):
             upstream.client = None
             upstream.transport.abort()
         if self.request is not None and not self.counted:
-            self._finish(499)
+            # Once the head has gone out the status is the upstream's, as on aiohttp's path.
+            sent = self.response_started and not self._head_out
+            self._finish(self.response_status if sent else 499)
 
     def pause_writing(self) -> None:
         self._client_write_paused = True
@@ -649,11 +663,18 @@ class ClientConnection(asyncio.Protocol):
 
     # --- requests ----------------------------------------------------------
 
-    def _next_request(self) -> None:
+    def _next_request(self, new: int = -1) -> None:
+        """Start the request whose head is in the buffer, if it is complete.
+
+        `new` is how many bytes at the buffer's end are not searched yet (-1:
+        all). Searching only those keeps a head sent a few bytes at a time from
+        costing time quadratic in its length.
+        """
         buffer = self.buffer
-        end = buffer.find(b"\r\n\r\n")
+        start = max(0, len(buffer) - new - 3) if new >= 0 else 0
+        end = buffer.find(b"\r\n\r\n", start)
         if end < 0:
-            if len(buffer) > self.fast.head_limit or b"\n\n" in buffer or buffer.startswith(b"\r\n"):
+            if len(buffer) > self.fast.head_limit or buffer.find(b"\n\n", start) >= 0 or buffer.startswith(b"\r\n"):
                 self._hand_over()
             return
         fast = self.fast
@@ -728,6 +749,10 @@ class ClientConnection(asyncio.Protocol):
             transport.resume_reading()
         transport.set_protocol(handler)
         handler.connection_made(transport)
+        if self._client_write_paused:
+            # The transport calls pause_writing() only when its buffer crosses the
+            # high-water mark, so a handler that takes over a full buffer is paused here.
+            handler.pause_writing()
         if data:
             handler.data_received(data)
 
@@ -907,17 +932,19 @@ class ClientConnection(asyncio.Protocol):
             return
         scanner = self.scanner
         if scanner is not None:
+            before = scanner.data_bytes
             used = scanner.feed(data)
             if used < 0:
                 self._bad_body(data)
                 return
             done = scanner.done
+            self.bytes_in += scanner.data_bytes - before
         else:
             used = min(self.body_left, len(data))
             self.body_left -= used
             done = self.body_left == 0
+            self.bytes_in += used
         piece = data if used == len(data) else data[:used]
-        self.bytes_in += used
         if done:
             self.request_done = True
             if used < len(data):
@@ -1036,6 +1063,11 @@ class ClientConnection(asyncio.Protocol):
                 has_version = True
                 out.append(line)
             # The other hop-by-hop fields end here, dropped.
+        if chunked and length is not None:
+            # RFC 9112 section 6.3 says this may be smuggling and ought to be an
+            # error. aiohttp's client rejects it, so both paths respond with 502.
+            self._upstream_broken("sent both Content-Length and Transfer-Encoding")
+            return False
         if connection_tokens:
             if b"close" in connection_tokens:
                 self.upstream_keepalive = False
@@ -1089,13 +1121,16 @@ class ClientConnection(asyncio.Protocol):
             return
         if not data:
             return  # the head goes out with the first body bytes
+        counted = None
         if self.response_until_close:
             piece = data
         elif self.response_scanner is not None:
+            before = self.response_scanner.data_bytes
             used = self.response_scanner.feed(data)
             if used < 0:
                 self._upstream_broken("sent a malformed chunked body")
                 return
+            counted = self.response_scanner.data_bytes - before
             piece = data if used == len(data) else data[:used]
             if self.response_scanner.done:
                 self.response_done = True
@@ -1112,7 +1147,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 piece = data
                 self.response_left = left - len(data)
-        self.bytes_out += len(piece)
+        self.bytes_out += len(piece) if counted is None else counted
         if head_out:
             self._head_out = b""
             if len(piece) <= JOIN_LIMIT:
@@ -1146,10 +1181,16 @@ class ClientConnection(asyncio.Protocol):
         if self.response_until_close and self.response_started:
             self.upstream_eof()
             return
-        if not self.response_started:
+        if not self.response_started or self._head_out:
             what = "closed the connection before it sent a response"
             reused = connection.used > 1
-            if reused and self.request_done and self.request.method in REPLAYABLE and not self.response_head:
+            if (
+                reused
+                and not self.response_started
+                and not self.response_head
+                and self.request_done
+                and self.request.method in REPLAYABLE
+            ):
                 # A kept-alive connection the registry closed as this request went out,
                 # before any byte came back: a GET or HEAD is sent again on a new
                 # connection, as Go's http.Transport does for replayable requests.
@@ -1159,10 +1200,16 @@ class ClientConnection(asyncio.Protocol):
                 return
             self._fail_upstream(502, "unreachable", ConnectionResetError(what))
             return
+        self._broke_off(str(exc) if exc else "connection closed")
+
+    def _broke_off(self, reason: str) -> None:
+        """Cut the client connection after a response body broke, as `Proxy._relay` does."""
+        # NOTE: aiohttp's path reads a body with a Content-Length up to 64 KiB whole
+        # and sends a 502 when it breaks. Here its head and first bytes may be out.
         upstream_log.warning(
             "upstream-broken-body",
             "Upstream %s broke off the response body after %d bytes (request id %s): %s",
-            self.upstream_url, self.bytes_out, self.request_id, str(exc) if exc else "connection closed",
+            self.upstream_url, self.bytes_out, self.request_id, reason,
         )
         metrics = self.fast.proxy.metrics
         if metrics is not None:
@@ -1172,13 +1219,12 @@ class ClientConnection(asyncio.Protocol):
 
     def _upstream_broken(self, what: str) -> None:
         self.upstream_keepalive = False
-        if not self.response_started:
+        if not self.response_started or self._head_out:
             self._abandon_upstream()
             self._fail_upstream(502, "broke off the response", ValueError(f"the registry {what}"))
             return
         self._abandon_upstream()
-        self._finish(self.response_status)
-        self.abort()
+        self._broke_off(f"the registry {what}")
 
     def _malformed_url(self, exc: MalformedURL) -> None:
         log.warning(
@@ -1207,10 +1253,12 @@ class ClientConnection(asyncio.Protocol):
 
     def _send_own(self, response: web.Response, close: bool) -> None:
         """Send one of the gateway's own responses, if nothing has gone out yet."""
-        if self.response_started or self.transport is None:
+        if (self.response_started and not self._head_out) or self.transport is None:
             self._finish(self.response_status or 499)
             self.abort()
             return
+        # A relayed head still held back for its first body bytes is never sent.
+        self._head_out = b""
         body = response.body or b""
         self.bytes_out = len(body)
         self.transport.write(response_bytes(response, close))
@@ -1316,7 +1364,7 @@ class ClientConnection(asyncio.Protocol):
                     self._finish(self.response_status or 499)
                     self.abort()
             elif quiet >= config.idle_timeout:
-                if not self.response_started:
+                if not self.response_started or self._head_out:
                     self._fail_upstream(504, "timed out", TimeoutError())
                 else:
                     self._abandon_upstream()
