@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.request
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -99,6 +100,54 @@ def test_port_in_use(tmp_path):
             run_serve("--listen", f"127.0.0.1:{port}", "--certs-dir", str(tmp_path)),
             f"127.0.0.1:{port}", "already in use",
         )
+
+
+def test_port_in_use_keeps_running_leaf(tmp_path, registry):
+    """A second start on a busy port with a new name fails before it reissues the leaf."""
+    folder = tmp_path / "certs"
+    running = lab.GatewayProcess(
+        ["--listen", "127.0.0.1:0", "--upstream", registry.url, "--certs-dir", str(folder)]
+    ).start()
+    try:
+        leaf_before = (folder / "gateway.crt").read_bytes()
+        result = run_serve(
+            "--listen", f"127.0.0.1:{running.port}", "--upstream", registry.url,
+            "--certs-dir", str(folder), "--name", "other.local",
+        )
+    finally:
+        running.stop()
+
+    assert_one_line_error(result, f"127.0.0.1:{running.port}", "already in use")
+    assert "Issued" not in result.stdout
+    assert (folder / "gateway.crt").read_bytes() == leaf_before
+    assert list(folder.glob("*.bak-*")) == []
+
+
+def test_workers_reject_busy_port(tmp_path, registry):
+    """workers = 2 on a port that another gateway's workers share fails instead of joining them."""
+    first_config = tmp_path / "first.toml"
+    first_config.write_text('listen = ["127.0.0.1:0"]\nworkers = 2\n')
+    running = lab.GatewayProcess(
+        ["--config", str(first_config), "--upstream", registry.url, "--certs-dir", str(tmp_path / "a")]
+    ).start()
+    second_config = tmp_path / "second.toml"
+    second_config.write_text(f'listen = ["127.0.0.1:{running.port}"]\nworkers = 2\n')
+    # Started with lab.GatewayProcess, whose stop() also ends the workers if the
+    # second gateway does start.
+    second = lab.GatewayProcess(
+        ["--config", str(second_config), "--upstream", registry.url, "--certs-dir", str(tmp_path / "b")]
+    )
+    try:
+        with pytest.raises(RuntimeError) as raised:
+            second.start()
+    finally:
+        second.stop()
+        running.stop()
+
+    assert "gateway exited with 1" in str(raised.value)
+    assert f"Error: Cannot listen on 127.0.0.1:{running.port}: the address is already in use" in str(
+        raised.value
+    )
 
 
 def test_bad_listen_value(tmp_path):
@@ -263,6 +312,15 @@ def test_python_dash_m_and_console_script():
     )
     assert result.returncode == 0
     assert result.stdout.startswith("registry-gateway ")
+
+
+def test_serve_help_matches_readme(capsys):
+    """`serve --help` spells each option's value as the README's option list does."""
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--config FILE", "--listen HOST:PORT", "--upstream URL", "--cert FILE"):
+        assert option in out, option
 
 
 def test_reissue_keeps_old_names_and_backs_up(tmp_path, registry):
