@@ -186,6 +186,29 @@ def test_first_start_creates_ca_and_reuses_it(tmp_path, registry):
     assert (folder / "gateway.crt").read_bytes() == leaf_before
 
 
+def test_lab_gateway_removes_its_log(registry, local_ca):
+    """lab.GatewayProcess.stop keeps the output and deletes its temporary log file."""
+    process = lab.GatewayProcess(
+        ["--listen", "127.0.0.1:0", "--upstream", registry.url, "--certs-dir", str(local_ca)]
+    ).start()
+    log_path = Path(process._out.name)
+    assert log_path.exists()
+
+    process.stop()
+
+    assert not log_path.exists()
+    assert "Stopped" in process.output
+    assert process.read_output() == process.output
+
+
+def test_lab_gateway_failed_start_removes_its_log(tmp_path):
+    """A gateway that exits at start-up raises with its output and leaves no log file."""
+    process = lab.GatewayProcess(["--config", str(tmp_path / "missing.toml")])
+    with pytest.raises(RuntimeError, match="Config file .* not found"):
+        process.start()
+    assert not Path(process._out.name).exists()
+
+
 def test_new_name_reissues_leaf_same_ca(tmp_path, registry):
     folder = tmp_path / "certs"
     base = ["--listen", "127.0.0.1:0", "--upstream", registry.url, "--certs-dir", str(folder)]
