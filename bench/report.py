@@ -126,6 +126,22 @@ def _median(summary: dict, workload: str, metric: str, target: str) -> float | N
     return statistics.median(values) if values else None
 
 
+def check_row(
+    label: str, value: float | None, limit: float, higher_is_better: bool, unit: str
+) -> str:
+    """Return one table row: the measured value, the target and whether it was met."""
+    if value is None:
+        return f"| {label} | - | not measured |"
+    met = value >= limit if higher_is_better else value <= limit
+    sign = ">=" if higher_is_better else "<="
+    value_text = f"{value:.2f}"
+    if not met and float(value_text) == limit:
+        # Two decimals round a value just past the target to the target itself.
+        value_text = f"{value:.4f}"
+    verdict = "met" if met else "NOT met"
+    return f"| {label} | {value_text}{unit} (target {sign} {limit:g}{unit}) | {verdict} |"
+
+
 def target_checks(records: list[dict], target: str) -> str:
     """Return a table of the performance targets for `target`, each with its measured value."""
     summary = summarize(records)
@@ -139,14 +155,7 @@ def target_checks(records: list[dict], target: str) -> str:
     def check(
         label: str, value: float | None, limit: float, higher_is_better: bool, unit: str
     ) -> None:
-        if value is None:
-            rows.append(f"| {label} | - | not measured |")
-            return
-        met = value >= limit if higher_is_better else value <= limit
-        sign = ">=" if higher_is_better else "<="
-        rows.append(
-            f"| {label} | {value:.2f}{unit} (target {sign} {limit:g}{unit}) | {'met' if met else 'NOT met'} |"
-        )
+        rows.append(check_row(label, value, limit, higher_is_better, unit))
 
     for workload in BLOB_WORKLOADS:
         check(f"{workload} throughput", ratio(workload, "MiB/s"), 1.0, True, "x")

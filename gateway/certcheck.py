@@ -358,11 +358,15 @@ def _check_chain(report: Report, chain, roots, source: str, cert_path: Path, fix
         )
         return
     if len(chain) == 1:
+        # One certificate alone cannot show whether its issuer is a root or an
+        # intermediate, so the message gives the fix for both.
         report.error(
-            f"The file {str(cert_path)!r} contains the leaf without the intermediate "
-            f"{missing!r} that signed it, and Go clients do not fetch it, so they fail "
-            f"with \"{GO_UNKNOWN_AUTHORITY}\". Append the intermediate to the "
-            f"certificate file: cat intermediate.crt >> {cert_path}"
+            f"The file {str(cert_path)!r} contains the leaf without its issuer "
+            f"{missing!r}, which is not in {source}, so Go clients fail with "
+            f"\"{GO_UNKNOWN_AUTHORITY}\". If that issuer is an intermediate CA, append "
+            f"the intermediate to the certificate file: cat intermediate.crt >> {cert_path} "
+            "(Go clients do not fetch it). If it is a root CA, check against it with "
+            "--ca FILE and install it on every client."
         )
     else:
         report.error(
@@ -590,16 +594,27 @@ def _check_key_usage(report: Report, leaf, fix: str) -> None:
 def resolve_paths(
     folder: Path, cert: Path | None, key: Path | None, ca: Path | None
 ) -> tuple[Path, Path | None, Path | None]:
-    """Fill in defaults: the folder's own leaf and CA when no --cert is given."""
+    """Fill in defaults: the folder's own leaf without --cert, and its CA for that leaf.
+
+    The folder's CA is the default also when --cert names the folder's own leaf.
+    """
+    own_leaf = folder / certs.LEAF_CERT
     if cert is None:
-        cert = folder / certs.LEAF_CERT
+        cert = own_leaf
         if key is None and (folder / certs.LEAF_KEY).exists():
             key = folder / certs.LEAF_KEY
-        if ca is None and (folder / certs.CA_CERT).exists():
-            ca = folder / certs.CA_CERT
+    if ca is None and _same_file(cert, own_leaf) and (folder / certs.CA_CERT).exists():
+        ca = folder / certs.CA_CERT
     if not cert.exists():
         raise CertificateError(
             f"The certificate {str(cert)!r} was not found: give one with --cert FILE, or "
             f"issue one with: registry-gateway certs issue{dir_option(folder)} NAME ..."
         )
     return cert, key, ca
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        return first.samefile(second)
+    except OSError:
+        return False

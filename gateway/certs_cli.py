@@ -172,8 +172,10 @@ def run_issue(args: argparse.Namespace) -> int:
     expiry = certstore.long_date(issued.cert.not_valid_after_utc)
     print(f"Issued {str(issued.cert_path)!r} for {', '.join(issued.names)}, valid until {expiry}.")
     print(f"Its private key is {str(issued.key_path)!r} (mode 0600).")
+    # --certs-dir, not --cert and --key: only then does serve know the CA, so it
+    # prints the fingerprint and serves the CA at /_gateway/ca.crt for `trust`.
     print(
-        f"Serve it with: registry-gateway serve --cert {issued.cert_path} --key {issued.key_path}"
+        f"Serve it with: registry-gateway serve --certs-dir {args.dir} --name {issued.names[0]}"
     )
     return 0
 

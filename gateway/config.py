@@ -116,14 +116,14 @@ def format_host_port(host: str, port: int | None) -> str:
     return shown if port is None else f"{shown}:{port}"
 
 
-def parse_listen(value: str) -> Listener:
-    """Parse `HOST:PORT` or `[IPV6]:PORT` into a listener."""
+def parse_listen(value: str, key: str = "listen") -> Listener:
+    """Parse `HOST:PORT` or `[IPV6]:PORT` into a listener. Errors name the setting `key`."""
     text = value.strip()
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or not rest.startswith(":"):
             raise ConfigError(
-                f"Invalid listen address {value!r}: write an IPv6 listener as "
+                f"Invalid {key} address {value!r}: write an IPv6 listener as "
                 "'[::1]:5443'."
             )
         port_text = rest[1:]
@@ -131,12 +131,12 @@ def parse_listen(value: str) -> Listener:
         host, sep, port_text = text.rpartition(":")
         if not sep or ":" in host:
             raise ConfigError(
-                f"Invalid listen address {value!r}: give HOST:PORT, for example "
+                f"Invalid {key} address {value!r}: give HOST:PORT, for example "
                 "'127.0.0.1:5443', or '[::1]:5443' for IPv6."
             )
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(
-            f"Invalid port in listen address {value!r}: use a number from 0 to 65535."
+            f"Invalid port in {key} address {value!r}: use a number from 0 to 65535."
         )
     return Listener(host=host, port=int(port_text))
 
@@ -349,7 +349,9 @@ def _apply_top_level(config: Config, data: dict[str, Any], path: Path, base: Pat
     if "workers" in data:
         config.workers = parse_workers(_expect(data, "workers", (int, str), ""))
     if data.get("metrics_listen"):
-        config.metrics_listen = parse_listen(_expect(data, "metrics_listen", str, ""))
+        config.metrics_listen = parse_listen(
+            _expect(data, "metrics_listen", str, ""), "metrics_listen"
+        )
     if "fast_path" in data:
         config.fast_path = _expect(data, "fast_path", bool, "")
 

@@ -206,16 +206,27 @@ class GatewayProcess:
                 self.output = text
                 return self
             if self.process.poll() is not None:
+                self._remove_log()
                 raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{text}")
             time.sleep(0.05)
-        raise RuntimeError("gateway did not report a listener in time:\n" + self.read_output())
+        self.stop()
+        raise RuntimeError("gateway did not report a listener in time:\n" + self.output)
 
     @property
     def port(self) -> int:
         return int(self.addresses[0].rsplit(":", 1)[1])
 
     def read_output(self) -> str:
-        return Path(self._out.name).read_text(errors="replace")
+        """Return the output so far; after `stop`, the output kept when the log was removed."""
+        try:
+            return Path(self._out.name).read_text(errors="replace")
+        except FileNotFoundError:
+            return self.output
+
+    def _remove_log(self) -> None:
+        self.output = self.read_output()
+        self._out.close()
+        Path(self._out.name).unlink(missing_ok=True)
 
     def stop(self, timeout: float = 30) -> int | None:
         if self.process is None:
@@ -227,8 +238,7 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.output = self.read_output()
-        self._out.close()
+        self._remove_log()
         return self.process.returncode
 
 

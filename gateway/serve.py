@@ -23,8 +23,8 @@ from gateway.config import (
     validate,
 )
 from gateway.errors import CertificateError
-from gateway.server import Gateway
-from gateway.status import TrustInfo, trust_command, upstream_state
+from gateway.server import Gateway, bind_listener
+from gateway.status import TrustInfo, trust_command, warn_if_upstream_down
 
 log = logging.getLogger("gateway.server")
 
@@ -38,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "upstream registry. Command-line options override the config file."
         ),
     )
-    parser.add_argument("--config", type=Path, help="TOML config file (see gateway.toml)")
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML config file (see gateway.toml)"
+    )
     parser.add_argument(
         "--listen", action="append", metavar="HOST:PORT",
         help="address to accept HTTPS on; repeat for more; IPv6 as [::1]:5443 "
@@ -205,11 +207,24 @@ def raise_file_limit(wanted: int) -> None:
         )
 
 
+def check_listeners(config: Config) -> None:
+    """Bind each listen address once and close it, so a port in use fails the start early.
+
+    This runs before `prepare_tls`, which may reissue the leaf that a gateway
+    already running on the port serves. It binds without SO_REUSEPORT, which
+    would let workers join another gateway's listeners on the same port.
+    """
+    for listener in config.listen:
+        if listener.port != 0:
+            bind_listener(listener, listen=False).close()
+
+
 def run(args: argparse.Namespace) -> int:
     config = build_config(args)
     setup_logging(config.log_level)
     # Each client connection uses a socket and, while busy, one to the upstream.
     raise_file_limit(2 * config.max_connections + 64)
+    check_listeners(config)
     cert, key, ca_path = prepare_tls(config)
     reloader = make_reloader(config, cert, key, ca_path)
     if config.client_ca is not None:
@@ -256,20 +271,6 @@ def make_reloader(
     )
 
 
-async def warn_if_upstream_down(gateway: Gateway, config: Config) -> None:
-    """Check the registry once at start-up, so a wrong --upstream shows before the first push."""
-    state = await upstream_state(gateway.proxy.session, str(config.upstream).rstrip("/"))
-    if state.startswith("reachable"):
-        log.info("Upstream %s is %s", config.upstream, state)
-        return
-    log.warning(
-        "Upstream %s is %s. The gateway starts anyway and answers 502 until the "
-        "registry answers; check the upstream URL (--upstream or upstream.url).",
-        config.upstream,
-        state,
-    )
-
-
 async def serve_forever(
     config: Config,
     context,
@@ -293,7 +294,7 @@ async def serve_forever(
     print_trust_hint(config, trust.ca_path, gateway.addresses)
     for address in gateway.addresses:
         print(f"Listening on https://{address} -> {config.upstream}", flush=True)
-    check = loop.create_task(warn_if_upstream_down(gateway, config))
+    check = loop.create_task(warn_if_upstream_down(gateway.proxy.session, config.upstream))
 
     try:
         await stop.wait()

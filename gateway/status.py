@@ -26,7 +26,8 @@ from gateway.client_paths import client_paths, registry_folder_name
 from gateway.logs import RateLimitedLog
 
 PREFIX = "/_gateway/"
-stale_log = RateLimitedLog(logging.getLogger("gateway.server"))
+log = logging.getLogger("gateway.server")
+stale_log = RateLimitedLog(log)
 UPSTREAM_CHECK_TIMEOUT = 3.0
 
 
@@ -90,6 +91,20 @@ async def upstream_state(session: aiohttp.ClientSession, base: str) -> str:
         from gateway.proxy import upstream_error_text
 
         return f"not reachable: {upstream_error_text(exc)}"
+
+
+async def warn_if_upstream_down(session: aiohttp.ClientSession, upstream) -> None:
+    """Check the registry once at start-up, so a wrong --upstream shows before the first push."""
+    state = await upstream_state(session, str(upstream).rstrip("/"))
+    if state.startswith("reachable"):
+        log.info("Upstream %s is %s", upstream, state)
+        return
+    log.warning(
+        "Upstream %s is %s. The gateway starts anyway and answers 502 until the "
+        "registry answers; check the upstream URL (--upstream or upstream.url).",
+        upstream,
+        state,
+    )
 
 
 def _ca_response(trust: TrustInfo) -> web.Response:

@@ -42,7 +42,7 @@ from gateway import eventloop, metrics
 from gateway.config import Config, Listener
 from gateway.errors import ConfigError, GatewayError
 from gateway.server import Gateway, bind_listener
-from gateway.status import TrustInfo
+from gateway.status import TrustInfo, warn_if_upstream_down
 from gateway.tlsreload import CertificateReloader
 
 log = logging.getLogger("gateway.server")
@@ -273,11 +273,17 @@ async def _serve_worker(config: Config, shared: _Shared, number: int, ready_fd: 
     if ready_fd is not None:
         os.write(ready_fd, b"ready")
         os.close(ready_fd)
+    check = None
+    if lead:
+        # One worker checks the registry, so that a start-up logs the result once.
+        check = loop.create_task(warn_if_upstream_down(gateway.proxy.session, config.upstream))
 
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
+    if check is not None:
+        check.cancel()
     await reloader.stop()
     await gateway.stop()
     if worker_metrics is not None:

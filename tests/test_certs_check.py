@@ -152,9 +152,34 @@ def test_check_missing_intermediate(tmp_path, capsys):
     (cert_path, key_path), _, root = build_chain(tmp_path)
     status, out = check(capsys, "--cert", str(cert_path), "--key", str(key_path), "--ca", str(root))
     assert status == 1
-    assert "without the intermediate 'CN=test intermediate CA'" in out
-    assert f"Append the intermediate to the certificate file: cat intermediate.crt >> {cert_path}" in out
+    assert "without its issuer 'CN=test intermediate CA'" in out
+    assert f"append the intermediate to the certificate file: cat intermediate.crt >> {cert_path}" in out
+    assert "If it is a root CA, check against it with --ca FILE" in out
     assert f'"{certcheck.GO_UNKNOWN_AUTHORITY}"' in out
+
+
+def test_check_own_leaf_given_as_cert(ca, capsys):
+    """--cert naming --dir's own leaf is checked against --dir's CA, as without --cert."""
+    folder, _, _ = ca
+    run_cli(capsys, "certs", "issue", "--dir", str(folder), "localhost")
+    status, out = check(
+        capsys, "--dir", str(folder), "--cert", str(folder / "gateway.crt"), "--name", "localhost"
+    )
+    assert status == 0, out
+    assert "No problems found" in out
+
+
+def test_check_leaf_of_unknown_root(ca, tmp_path, capsys):
+    """A leaf from a CA not in the system store: the fix names both --ca and the append."""
+    folder, _, _ = ca
+    run_cli(capsys, "certs", "issue", "--dir", str(folder), "localhost")
+    copy = tmp_path / "copy.crt"
+    copy.write_bytes((folder / "gateway.crt").read_bytes())
+    status, out = check(capsys, "--dir", str(folder), "--cert", str(copy))
+    assert status == 1
+    assert "without its issuer" in out
+    assert "which is not in the system store" in out
+    assert "--ca FILE" in out
 
 
 def test_check_full_chain(tmp_path, capsys):

@@ -7,6 +7,7 @@ skopeo (Go's crypto/x509) is the client that decides whether a certificate works
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import stat
 import subprocess
 
@@ -138,6 +139,28 @@ def test_issue_san_types(tmp_path, capsys):
     ]
     assert "Note: Dropped the port from '192.0.2.10:5000'" in out
     assert ":5000" not in str(leaf.subject)
+
+
+def test_issue_serve_hint_serves_ca(tmp_path, capsys, registry):
+    """The serve command that `certs issue` prints serves the pair and its CA."""
+    folder = tmp_path / "certs"
+    new_ca(folder)
+    status, out, _ = run_cli(capsys, "certs", "issue", "--dir", str(folder), "localhost", "127.0.0.1")
+    hint = f"Serve it with: registry-gateway serve --certs-dir {folder} --name localhost"
+    assert status == 0
+    assert hint in out
+
+    args = hint.split("registry-gateway serve ", 1)[1].split()
+    gateway = lab.GatewayProcess([*args, "--listen", "127.0.0.1:0", "--upstream", registry.url])
+    gateway.start()
+    try:
+        context = ssl.create_default_context(cafile=str(folder / "ca.crt"))
+        code, _, body = lab.http_get(f"https://localhost:{gateway.port}/_gateway/ca.crt", context=context)
+    finally:
+        gateway.stop()
+    assert code == 200
+    assert body == (folder / "ca.crt").read_bytes()
+    assert "CA fingerprint (SHA-256)" in gateway.output
 
 
 def test_issue_leaf_extensions(tmp_path, capsys):

@@ -109,6 +109,16 @@ def test_metrics_listen_rejects_listen_address(tmp_path):
     assert "own port" in str(raised.value)
 
 
+@pytest.mark.parametrize("value", ["9464", "127.0.0.1:99999", "[::1"])
+def test_metrics_listen_error_names_key(tmp_path, value):
+    """A malformed metrics_listen is reported under its own key, not as `listen`."""
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'metrics_listen = "{value}"\n')
+    with pytest.raises(ConfigError) as raised:
+        load(path)
+    assert f"metrics_listen address '{value}'" in str(raised.value)
+
+
 def test_metrics_count_a_push(registry, local_ca, cert_dir, tmp_path):
     """A skopeo push through the gateway shows up in requests, bytes and gauges."""
     process, url = start_gateway(tmp_path, registry.url, local_ca)

@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.request
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -101,6 +102,54 @@ def test_port_in_use(tmp_path):
         )
 
 
+def test_port_in_use_keeps_running_leaf(tmp_path, registry):
+    """A second start on a busy port with a new name fails before it reissues the leaf."""
+    folder = tmp_path / "certs"
+    running = lab.GatewayProcess(
+        ["--listen", "127.0.0.1:0", "--upstream", registry.url, "--certs-dir", str(folder)]
+    ).start()
+    try:
+        leaf_before = (folder / "gateway.crt").read_bytes()
+        result = run_serve(
+            "--listen", f"127.0.0.1:{running.port}", "--upstream", registry.url,
+            "--certs-dir", str(folder), "--name", "other.local",
+        )
+    finally:
+        running.stop()
+
+    assert_one_line_error(result, f"127.0.0.1:{running.port}", "already in use")
+    assert "Issued" not in result.stdout
+    assert (folder / "gateway.crt").read_bytes() == leaf_before
+    assert list(folder.glob("*.bak-*")) == []
+
+
+def test_workers_reject_busy_port(tmp_path, registry):
+    """workers = 2 on a port that another gateway's workers share fails instead of joining them."""
+    first_config = tmp_path / "first.toml"
+    first_config.write_text('listen = ["127.0.0.1:0"]\nworkers = 2\n')
+    running = lab.GatewayProcess(
+        ["--config", str(first_config), "--upstream", registry.url, "--certs-dir", str(tmp_path / "a")]
+    ).start()
+    second_config = tmp_path / "second.toml"
+    second_config.write_text(f'listen = ["127.0.0.1:{running.port}"]\nworkers = 2\n')
+    # Started with lab.GatewayProcess, whose stop() also ends the workers if the
+    # second gateway does start.
+    second = lab.GatewayProcess(
+        ["--config", str(second_config), "--upstream", registry.url, "--certs-dir", str(tmp_path / "b")]
+    )
+    try:
+        with pytest.raises(RuntimeError) as raised:
+            second.start()
+    finally:
+        second.stop()
+        running.stop()
+
+    assert "gateway exited with 1" in str(raised.value)
+    assert f"Error: Cannot listen on 127.0.0.1:{running.port}: the address is already in use" in str(
+        raised.value
+    )
+
+
 def test_bad_listen_value(tmp_path):
     assert_one_line_error(run_serve("--listen", "::1:5443"), "[::1]:5443")
 
@@ -135,6 +184,29 @@ def test_first_start_creates_ca_and_reuses_it(tmp_path, registry):
     assert "Created a local CA" not in second.output
     assert (folder / "ca.crt").read_bytes() == ca_before
     assert (folder / "gateway.crt").read_bytes() == leaf_before
+
+
+def test_lab_gateway_removes_its_log(registry, local_ca):
+    """lab.GatewayProcess.stop keeps the output and deletes its temporary log file."""
+    process = lab.GatewayProcess(
+        ["--listen", "127.0.0.1:0", "--upstream", registry.url, "--certs-dir", str(local_ca)]
+    ).start()
+    log_path = Path(process._out.name)
+    assert log_path.exists()
+
+    process.stop()
+
+    assert not log_path.exists()
+    assert "Stopped" in process.output
+    assert process.read_output() == process.output
+
+
+def test_lab_gateway_failed_start_removes_its_log(tmp_path):
+    """A gateway that exits at start-up raises with its output and leaves no log file."""
+    process = lab.GatewayProcess(["--config", str(tmp_path / "missing.toml")])
+    with pytest.raises(RuntimeError, match="Config file .* not found"):
+        process.start()
+    assert not Path(process._out.name).exists()
 
 
 def test_new_name_reissues_leaf_same_ca(tmp_path, registry):
@@ -254,6 +326,8 @@ def test_sigterm_drains_inflight_upload(tmp_path, registry, local_ca):
     assert process.process.wait(15) == 0
     assert not accepted_after_stop
     assert "Stopped" in process.read_output()
+    # The gateway has exited, so stop() only removes the log file.
+    process.stop()
 
 
 def test_python_dash_m_and_console_script():
@@ -263,6 +337,15 @@ def test_python_dash_m_and_console_script():
     )
     assert result.returncode == 0
     assert result.stdout.startswith("registry-gateway ")
+
+
+def test_serve_help_matches_readme(capsys):
+    """`serve --help` spells each option's value as the README's option list does."""
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--config FILE", "--listen HOST:PORT", "--upstream URL", "--cert FILE"):
+        assert option in out, option
 
 
 def test_reissue_keeps_old_names_and_backs_up(tmp_path, registry):

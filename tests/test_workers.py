@@ -197,6 +197,26 @@ def test_sigterm_stops_every_worker(registry, local_ca, tmp_path):
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
+@pytest.mark.parametrize("upstream", ["running", "down"])
+def test_workers_check_upstream_once(registry, local_ca, tmp_path, upstream):
+    """With two workers, start-up logs the registry's /v2/ check once, as one process does."""
+    url = registry.url if upstream == "running" else f"http://127.0.0.1:{lab.free_port()}"
+    config = write_config(tmp_path, url, 2)
+    process = lab.GatewayProcess(
+        ["--config", str(config), "--certs-dir", str(local_ca), "--name", "localhost"]
+    ).start()
+    text = "is reachable" if upstream == "running" else "is not reachable"
+    try:
+        logged = wait_until(lambda: log_lines(process, text) != [], 10)
+        # Leave the second worker time to log a duplicate line, if it were to check too.
+        time.sleep(0.5)
+    finally:
+        process.stop()
+
+    assert logged, process.output
+    assert len(log_lines(process, f"Upstream {url}")) == 1, process.output
+
+
 def test_dead_worker_is_replaced(two_workers, client_ssl):
     """A worker killed from outside is replaced, and the port keeps serving."""
     before = child_pids(two_workers.process.pid)
