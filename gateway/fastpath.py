@@ -1338,7 +1338,7 @@ class ClientConnection(asyncio.Protocol):
                 if now - self._head_started >= config.header_timeout:
                     rejected_log.warning(
                         "slow-head",
-                        "Closed a connection from %s: no complete request head within %.0f s",
+                        "Closed a connection from %s: no complete request head within %g s",
                         self.peer, config.header_timeout,
                     )
                     self.abort()
@@ -1348,7 +1348,7 @@ class ClientConnection(asyncio.Protocol):
         elif state in (BODY_WAIT, BODY) or (state == CONNECTING and not self.request_done):
             if quiet >= config.client_idle_timeout:
                 log.info(
-                    "Client %s sent no body bytes for %.0f s; closed the request (request id %s)",
+                    "Client %s sent no body bytes for %g s; closed the request (request id %s)",
                     self.peer, config.client_idle_timeout, self.request_id,
                 )
                 self._abandon_upstream()

@@ -78,7 +78,7 @@ class GatewayRequestHandler(RequestHandler):
         peer = self.transport.get_extra_info("peername") if self.transport else None
         rejected_log.warning(
             "slow-head",
-            "Closed a connection from %s: no complete request head within %.0f s",
+            "Closed a connection from %s: no complete request head within %g s",
             peer[0] if peer else "-",
             self.header_timeout,
         )

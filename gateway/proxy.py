@@ -405,7 +405,7 @@ class Proxy:
     def _client_body_failure(self, request, failure: BaseException, request_id: str) -> web.StreamResponse:
         if isinstance(failure, TimeoutError):
             log.info(
-                "Client %s sent no body bytes for %.0f s; closed the request (request id %s)",
+                "Client %s sent no body bytes for %g s; closed the request (request id %s)",
                 request.remote, self.config.client_idle_timeout, request_id,
             )
             response = registry_error(

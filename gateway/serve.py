@@ -300,7 +300,7 @@ async def serve_forever(
         await stop.wait()
     except asyncio.CancelledError:  # pragma: no cover - Ctrl-C on Windows arrives this way.
         pass
-    log.info("Stopping: no new connections; waiting up to %.0f s for transfers", config.drain_timeout)
+    log.info("Stopping: no new connections; waiting up to %g s for transfers", config.drain_timeout)
     check.cancel()
     if reloader is not None:
         await reloader.stop()

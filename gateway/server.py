@@ -21,6 +21,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp.web_response
 from aiohttp import web
 
 from gateway.config import Config, Listener, format_host_port
@@ -33,6 +34,13 @@ from gateway.proxy import ACCESS, API_VERSION, API_VERSION_HEADER, Proxy, regist
 
 log = logging.getLogger("gateway.server")
 overload_log = RateLimitedLog(log)
+
+# aiohttp adds `Server: Python/3.x aiohttp/3.y` to each response it writes that
+# has no Server field, which tells a scanner both versions; the registry sends no
+# Server field at all. Responses that aiohttp writes (the gateway's own pages and
+# errors, and requests the fast path hands over) name only the product instead.
+# NOTE: a module global of aiohttp (3.9-3.14) that web_response reads per response.
+aiohttp.web_response.SERVER_SOFTWARE = "registry-gateway"
 
 TLS_HANDSHAKE = 0x16
 FIRST_BYTE_TIMEOUT = 10.0
@@ -106,7 +114,10 @@ def make_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> ss
             context.load_verify_locations(cafile=str(client_ca))
         except (OSError, ssl.SSLError) as exc:
             raise CertificateError(
-                f"Cannot load the client CA file {str(client_ca)!r}: {exc}."
+                f"Cannot load tls.client_ca {str(client_ca)!r}: "
+                f"{getattr(exc, 'strerror', None) or getattr(exc, 'reason', None) or exc}. Give the "
+                "PEM file of the CA that signs your clients' certificates, or leave client_ca "
+                "empty to accept clients without one."
             ) from None
         # CERT_OPTIONAL still rejects a certificate that does not verify, in the
         # handshake; a client that sends none is answered at the HTTP level
@@ -374,7 +385,7 @@ class Gateway:
         drained = await self.proxy.wait_idle(self.config.drain_timeout)
         if not drained:
             log.warning(
-                "Drain timeout of %.0f s passed with %d request(s) still in flight; closing them",
+                "Drain timeout of %g s passed with %d request(s) still in flight; closing them",
                 self.config.drain_timeout,
                 self.proxy.in_flight,
             )

@@ -100,8 +100,8 @@ async def warn_if_upstream_down(session: aiohttp.ClientSession, upstream) -> Non
         log.info("Upstream %s is %s", upstream, state)
         return
     log.warning(
-        "Upstream %s is %s. The gateway starts anyway and answers 502 until the "
-        "registry answers; check the upstream URL (--upstream or upstream.url).",
+        "Upstream %s is %s. The gateway starts anyway and returns 502 until the "
+        "registry responds (the upstream URL is --upstream or upstream.url).",
         upstream,
         state,
     )

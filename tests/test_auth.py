@@ -170,3 +170,15 @@ async def test_fast_path_checks_passwords_on_one_connection(upstream, local_ca, 
         writer.close()
     assert [r["method"] for r in upstream.received] == ["GET", "GET"]
     assert all(not upstream.header("Authorization", i) for i in range(2))
+
+
+def test_missing_client_ca_names_the_key_and_fix(local_ca, tmp_path):
+    from gateway.errors import CertificateError
+    from gateway.server import make_ssl_context
+
+    with pytest.raises(CertificateError) as raised:
+        make_ssl_context(local_ca / certs.LEAF_CERT, local_ca / certs.LEAF_KEY, tmp_path / "nope.crt")
+    message = str(raised.value)
+    assert "tls.client_ca" in message and "nope.crt" in message
+    assert "No such file or directory" in message
+    assert "leave client_ca empty" in message

@@ -137,7 +137,11 @@ async def test_slow_head_cut_off_others_served(upstream, local_ca, client_ssl):
         async with aiohttp.ClientSession(connector=connector) as session:
             async with session.get(f"https://localhost:{port}/v2/") as response:
                 assert response.status == 200
-        closed = await asyncio.wait_for(reader.read(), 5)
+        try:
+            closed = await asyncio.wait_for(reader.read(), 5)
+        except ConnectionResetError:
+            # The cut is an abort, which reaches a client still sending as a reset.
+            closed = b""
         trickling.cancel()
         writer.close()
     assert closed == b""
