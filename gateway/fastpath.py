@@ -501,8 +501,12 @@ def _http_date() -> bytes:
     return email.utils.formatdate(usegmt=True).encode()
 
 
-def response_bytes(response: web.Response, close: bool) -> bytes:
-    """Serialize one of the gateway's own small responses (`registry_error` and friends)."""
+def response_bytes(response: web.Response, close: bool, head_only: bool = False) -> bytes:
+    """Serialize one of the gateway's own small responses (`registry_error` and friends).
+
+    For a HEAD request (`head_only`) the fields, Content-Length included, are
+    those of the GET, and no body follows them (RFC 9110 section 9.3.2).
+    """
     body = response.body or b""
     lines = [f"HTTP/1.1 {response.status} {response.reason}".encode()]
     for name, value in response.headers.items():
@@ -513,7 +517,7 @@ def response_bytes(response: web.Response, close: bool) -> bytes:
     lines.append(b"Date: " + _http_date())
     if close:
         lines.append(b"Connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+    return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head_only else body)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -1259,9 +1263,9 @@ class ClientConnection(asyncio.Protocol):
             return
         # A relayed head still held back for its first body bytes is never sent.
         self._head_out = b""
-        body = response.body or b""
-        self.bytes_out = len(body)
-        self.transport.write(response_bytes(response, close))
+        head_only = self.request is not None and self.request.method == b"HEAD"
+        self.bytes_out = 0 if head_only else len(response.body or b"")
+        self.transport.write(response_bytes(response, close, head_only))
         self._finish(response.status)
         if close:
             self.closing = True

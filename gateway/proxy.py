@@ -278,6 +278,15 @@ class Proxy:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
+            if (
+                isinstance(response, web.Response)
+                and not counters["out"]
+                and response.body
+                and request.method != hdrs.METH_HEAD
+            ):
+                # The gateway's own responses (errors, /_gateway/ pages) are not streamed,
+                # so their size comes from the body they carry; a HEAD sends none.
+                counters["out"] = len(response.body)
             self._log_access(request, response, request_id, counters, started)
             if self.metrics is not None:
                 status = response.status if response is not None else 499
@@ -287,10 +296,6 @@ class Proxy:
         if not ACCESS.enabled():
             return
         status = response.status if response is not None else 499
-        if isinstance(response, web.Response) and not counters["out"] and response.body:
-            # The gateway's own responses (errors, /_gateway/ pages) are not streamed,
-            # so their size comes from the body they carry.
-            counters["out"] = len(response.body)
         ACCESS.write(
             '%s "%s %s" %d in=%d out=%d %.3fs id=%s'
             % (
@@ -503,7 +508,8 @@ class Proxy:
             self.metrics.upstream_errors.labels(what).inc()
         code = "UNAVAILABLE"
         if status == 502:
-            message = f"the gateway's upstream registry is {what}: {reason}"
+            verb = "is unreachable" if what == "unreachable" else what
+            message = f"the gateway's upstream registry {verb}: {reason}"
         else:
             message = "the upstream registry timed out"
         return registry_error(

@@ -182,3 +182,21 @@ def test_missing_client_ca_names_the_key_and_fix(local_ca, tmp_path):
     assert "tls.client_ca" in message and "nope.crt" in message
     assert "No such file or directory" in message
     assert "leave client_ca empty" in message
+
+
+async def test_fast_path_head_401_has_no_body(upstream, local_ca, client_ssl, tmp_path):
+    """A HEAD without credentials gets the 401's fields and no body, so the next response is read right."""
+    config = Config(upstream=URL(upstream.url), names=["localhost"], htpasswd=write_htpasswd(tmp_path / "htpasswd"))
+    async with running_gateway(config, local_ca) as gateway:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", gateway.bound[0].port, ssl=client_ssl, server_hostname="localhost"
+        )
+        writer.write(b"HEAD /v2/x/manifests/v1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 401 ")
+        assert b"Content-Length: 0" not in head
+        credentials = basic(USER, PASSWORD)
+        writer.write(f"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nAuthorization: {credentials}\r\n\r\n".encode())
+        status, _, body = await read_response(reader)
+        writer.close()
+    assert (status, body) == (200, b"{}")

@@ -157,3 +157,31 @@ def test_metrics_count_upstream_errors(local_ca, client_ssl, tmp_path):
     assert status == 502
     assert sample(text, "gateway_requests_total", method="GET", status="502") == 1
     assert sample(text, "gateway_upstream_errors_total", kind="unreachable") == 1
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "aiohttp"])
+async def test_own_response_bytes_counted_at_any_log_level(local_ca, client, fast_path, caplog):
+    """The gateway's own bodies count at log level warning too, and a HEAD's count is 0."""
+    import logging
+
+    from yarl import URL
+
+    from gateway.config import Config
+    from tests.conftest import running_gateway
+
+    caplog.set_level(logging.WARNING, logger="gateway.access")
+    # Nothing listens on port 9 of 127.0.0.1, so every request gets the gateway's own 502.
+    config = Config(upstream=URL("http://127.0.0.1:9"), names=["localhost"], fast_path=fast_path)
+    async with running_gateway(config, local_ca) as gateway:
+        metrics = gateway.proxy.metrics = Metrics()
+        base = f"https://localhost:{gateway.bound[0].port}"
+        async with client.get(f"{base}/_gateway/ca.crt") as response:
+            ca_size = len(await response.read())
+        async with client.head(f"{base}/v2/x/manifests/v1") as response:
+            assert response.status == 502
+            assert int(response.headers["Content-Length"]) > 0
+            assert await response.read() == b""
+    text = generate_latest(metrics.registry).decode()
+    assert ca_size > 0
+    assert sample(text, "gateway_response_body_bytes_total") == ca_size
+    assert sample(text, "gateway_requests_total", method="HEAD", status="502") == 1
