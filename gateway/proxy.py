@@ -402,7 +402,8 @@ class Proxy:
             401,
             "UNAUTHORIZED",
             "this registry requires a TLS client certificate: put client.cert and client.key "
-            "in the client's certs.d folder for this host:port",
+            f"in the client's certs.d folder for {self.public_authority(request)} "
+            "(for Docker, /etc/docker/certs.d/HOST:PORT/)",
         )
         response.force_close()
         return response

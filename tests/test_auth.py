@@ -127,6 +127,7 @@ def test_mtls_requires_client_certificate(registry, local_ca, tmp_path):
         gateway.stop()
     assert refused.returncode == 1
     assert "requires a TLS client certificate" in lab.skopeo_error(refused)
+    assert f"in the client's certs.d folder for {address} " in lab.skopeo_error(refused)
     # The registry answers NAME_UNKNOWN for a repository with no tags: mTLS let it through.
     assert "invalid status code from registry 404" in lab.skopeo_error(accepted)
     assert "without a client certificate (tls.client_ca is set" in gateway.output
