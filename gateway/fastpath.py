@@ -113,9 +113,13 @@ CHUNK_LINE_LIMIT = 4096
 RESPONSE_HEAD_LIMIT = 64 * 1024
 # Bodies up to this size go out in the same write, and so the same TLS record, as the head.
 JOIN_LIMIT = 64 * 1024
+# After an early response the rest of the request body is read and discarded for
+# at most this long, or this many bytes, before the connection is cut.
+LINGERING_TIME = 2.0
+LINGERING_BYTES = 32 * 1024 * 1024
 
 # The states of one client connection.
-HEAD, BODY_WAIT, CONNECTING, BODY, RESPONSE, CLOSED, AUTH_WAIT = range(7)
+HEAD, BODY_WAIT, CONNECTING, BODY, RESPONSE, CLOSED, AUTH_WAIT, LINGER = range(8)
 
 
 class ChunkScanner:
@@ -569,6 +573,8 @@ class ClientConnection(asyncio.Protocol):
         self._checked_head = None
         self._forwarding: tuple[str, bytes] | None = None
         self._head_started = 0.0
+        self._linger_started = 0.0
+        self._linger_left = 0
 
     # --- connection --------------------------------------------------------
 
@@ -602,6 +608,8 @@ class ClientConnection(asyncio.Protocol):
             self._next_request(len(data))
         elif state in (BODY_WAIT, CONNECTING):
             self._body_data(data)
+        elif state == LINGER:
+            self._linger_data(data)
         elif state == RESPONSE or state == AUTH_WAIT:
             # The next request, pipelined, or a body waiting for the password
             # check: kept until this response is done.
@@ -951,7 +959,8 @@ class ClientConnection(asyncio.Protocol):
                 self.buffer += data[used:]
         state = self.state
         if state == BODY:
-            self.upstream.transport.write(piece)
+            if not self.response_started:
+                self.upstream.transport.write(piece)
             if done:
                 self.state = RESPONSE if not self.response_done else self.state
         else:
@@ -1095,6 +1104,13 @@ class ClientConnection(asyncio.Protocol):
             self.response_until_close = True
             self.upstream_keepalive = False
             self.close_after = True
+        if not self.request_done:
+            # The registry answered before the body ended: the rest of the body is
+            # read and discarded (`_body_data`), and the upstream connection, which
+            # missed it, is closed after the response.
+            self.upstream_keepalive = False
+            if self._client_paused:
+                self.resume_client_reads()
         if self.close_after or not self.request_done:
             self.close_after = True
             lines.append(b"Connection: close\r\n")
@@ -1282,7 +1298,10 @@ class ClientConnection(asyncio.Protocol):
                 upstream.client = None
                 upstream.transport.close()
         self._finish(self.response_status)
-        if self.close_after or not self.request_done:
+        if not self.request_done:
+            self._linger()
+            return
+        if self.close_after:
             self.closing = True
             self.state = CLOSED
             self.transport.close()
@@ -1295,6 +1314,45 @@ class ClientConnection(asyncio.Protocol):
             self.resume_client_reads()
         if self.buffer:
             self._next_request()
+
+    def _linger(self) -> None:
+        """Discard the rest of the request body, then close (RFC 9112 section 9.6).
+
+        A close with unread bytes in the socket makes the kernel send a reset, and
+        the reset can destroy the response before the client reads it. So the
+        connection stays open until the body ends by its framing, the client
+        closes, or LINGERING_TIME or LINGERING_BYTES runs out (`sweep` checks the time).
+        """
+        self.state = LINGER
+        self.closing = True
+        self.buffer = bytearray()
+        self._linger_started = self.fast.loop.time()
+        self._linger_left = LINGERING_BYTES
+        if self._client_paused:
+            self.resume_client_reads()
+
+    def _linger_data(self, data: bytes) -> None:
+        scanner = self.scanner
+        if scanner is not None:
+            used = scanner.feed(data)
+            ended = used < 0 or scanner.done
+        else:
+            used = min(self.body_left, len(data))
+            self.body_left -= used
+            ended = self.body_left == 0
+        self._linger_left -= len(data)
+        if ended:
+            # NOTE: a half-close would tell the client sooner, but asyncio's and
+            # uvloop's (0.19-0.23) TLS transports have no write_eof().
+            self.state = CLOSED
+            self.transport.close()
+        elif self._linger_left <= 0:
+            log.debug(
+                "Client %s sent over %d bytes after the response; cut the connection (request id %s)",
+                self.peer, LINGERING_BYTES, self.request_id,
+            )
+            self.state = CLOSED
+            self.abort()
 
     def _finish(self, code: int) -> None:
         if self.counted or self.request is None:
@@ -1356,6 +1414,15 @@ class ClientConnection(asyncio.Protocol):
                     registry_error(408, "UNSUPPORTED", "the request body stalled past the idle timeout"),
                     close=True,
                 )
+        elif state == LINGER:
+            if now - self._linger_started >= LINGERING_TIME:
+                log.debug(
+                    "Client %s still sent its request body %g s after the response; "
+                    "cut the connection (request id %s)",
+                    self.peer, LINGERING_TIME, self.request_id,
+                )
+                self.state = CLOSED
+                self.abort()
         elif state == RESPONSE:
             if self._client_write_paused:
                 if quiet >= config.client_idle_timeout:
