@@ -21,6 +21,9 @@ asyncio protocol per side:
   so the registry sees exactly the message boundaries the gateway saw.
 - Flow control: when one side's send buffer fills, reading from the other
   side pauses, so memory stays flat for any blob size.
+- When the registry answers before the request body has ended, the rest of
+  the body is read and discarded, not relayed, and the connection closes at
+  the body's end or after a bounded time or byte count (`_linger`).
 - Timeouts are checked once per `SWEEP_INTERVAL` for every connection instead
   of one timer per read, so the hot path only counts progress.
 
@@ -728,6 +731,8 @@ class ClientConnection(asyncio.Protocol):
 
         The request's body, if any, was not read, so the connection closes after it.
         """
+        # NOTE: a request with a body is closed at once here, without the lingering
+        # close that `_linger` gives a relayed early response.
         self.request = head
         self.started = time.monotonic()
         self.request_id = "%016x" % random.getrandbits(64)
@@ -1318,10 +1323,16 @@ class ClientConnection(asyncio.Protocol):
     def _linger(self) -> None:
         """Discard the rest of the request body, then close (RFC 9112 section 9.6).
 
-        A close with unread bytes in the socket makes the kernel send a reset, and
-        the reset can destroy the response before the client reads it. So the
+        Body bytes that reach a closed socket make the kernel send a reset, and
+        the reset can erase the response before the client reads it. So the
         connection stays open until the body ends by its framing, the client
         closes, or LINGERING_TIME or LINGERING_BYTES runs out (`sweep` checks the time).
+
+        There is no half-close first, because the TLS transports of asyncio and
+        uvloop (0.23) have no write_eof(). Their close() sends close_notify and
+        reads on until the client's, but asyncio's (Python 3.11) aborts the
+        connection when unwrap() fails on body bytes that arrive meanwhile. So
+        close() waits for the body's end.
         """
         self.state = LINGER
         self.closing = True
@@ -1342,8 +1353,6 @@ class ClientConnection(asyncio.Protocol):
             ended = self.body_left == 0
         self._linger_left -= len(data)
         if ended:
-            # NOTE: a half-close would tell the client sooner, but asyncio's and
-            # uvloop's (0.19-0.23) TLS transports have no write_eof().
             self.state = CLOSED
             self.transport.close()
         elif self._linger_left <= 0:
@@ -1417,7 +1426,7 @@ class ClientConnection(asyncio.Protocol):
         elif state == LINGER:
             if now - self._linger_started >= LINGERING_TIME:
                 log.debug(
-                    "Client %s still sent its request body %g s after the response; "
+                    "Client %s was still sending its request body %g s after the response; "
                     "cut the connection (request id %s)",
                     self.peer, LINGERING_TIME, self.request_id,
                 )

@@ -1,10 +1,11 @@
-"""The fast path's lingering close after the registry answers an upload early.
+"""The fast path's lingering close after the registry responds early to an upload.
 
-The upstream here answers as soon as it has the request head, before any body
-byte, as the distribution registry does for a PATCH or PUT it rejects. The
-client keeps sending its body and reads only afterwards. A gateway that closed
-at once would leave unread bytes in its socket, and the reset the kernel then
-sends can destroy the response before the client reads it.
+The upstream here responds as soon as it has the request head, before it reads
+any body byte, as a registry does when the head alone decides (a missing token,
+an unknown upload). The client keeps sending its body and reads only
+afterwards. If the gateway closed at once, the body bytes that followed would
+make its kernel send a reset, which can erase the response before the client
+reads it.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ async def test_early_response_read_after_upload(local_ca, caplog, name):
     assert upstream.body_read < size // 4
     assert result["send_error"] is None
     assert result["sent"] == size
-    # Longer than the 0.5 s after which an unread response was seen lost.
+    # The response waited unread for over 0.5 s.
     assert result["sending_time"] > 0.5
     assert result["closed_after"] - result["sending_time"] < 2
     assert in_flight == 0
