@@ -21,6 +21,9 @@ asyncio protocol per side:
   so the registry sees exactly the message boundaries the gateway saw.
 - Flow control: when one side's send buffer fills, reading from the other
   side pauses, so memory stays flat for any blob size.
+- When the registry answers before the request body has ended, the rest of
+  the body is read and discarded, not relayed, and the connection closes at
+  the body's end or after a bounded time or byte count (`_linger`).
 - Timeouts are checked once per `SWEEP_INTERVAL` for every connection instead
   of one timer per read, so the hot path only counts progress.
 
@@ -113,9 +116,13 @@ CHUNK_LINE_LIMIT = 4096
 RESPONSE_HEAD_LIMIT = 64 * 1024
 # Bodies up to this size go out in the same write, and so the same TLS record, as the head.
 JOIN_LIMIT = 64 * 1024
+# After an early response the rest of the request body is read and discarded for
+# at most this long, or this many bytes, before the connection is cut.
+LINGERING_TIME = 2.0
+LINGERING_BYTES = 32 * 1024 * 1024
 
 # The states of one client connection.
-HEAD, BODY_WAIT, CONNECTING, BODY, RESPONSE, CLOSED, AUTH_WAIT = range(7)
+HEAD, BODY_WAIT, CONNECTING, BODY, RESPONSE, CLOSED, AUTH_WAIT, LINGER = range(8)
 
 
 class ChunkScanner:
@@ -573,6 +580,8 @@ class ClientConnection(asyncio.Protocol):
         self._checked_head = None
         self._forwarding: tuple[str, bytes] | None = None
         self._head_started = 0.0
+        self._linger_started = 0.0
+        self._linger_left = 0
 
     # --- connection --------------------------------------------------------
 
@@ -606,6 +615,8 @@ class ClientConnection(asyncio.Protocol):
             self._next_request(len(data))
         elif state in (BODY_WAIT, CONNECTING):
             self._body_data(data)
+        elif state == LINGER:
+            self._linger_data(data)
         elif state == RESPONSE or state == AUTH_WAIT:
             # The next request, pipelined, or a body waiting for the password
             # check: kept until this response is done.
@@ -724,6 +735,8 @@ class ClientConnection(asyncio.Protocol):
 
         The request's body, if any, was not read, so the connection closes after it.
         """
+        # NOTE: a request with a body is closed at once here, without the lingering
+        # close that `_linger` gives a relayed early response.
         self.request = head
         self.started = time.monotonic()
         self.request_id = "%016x" % random.getrandbits(64)
@@ -955,7 +968,8 @@ class ClientConnection(asyncio.Protocol):
                 self.buffer += data[used:]
         state = self.state
         if state == BODY:
-            self.upstream.transport.write(piece)
+            if not self.response_started:
+                self.upstream.transport.write(piece)
             if done:
                 self.state = RESPONSE if not self.response_done else self.state
         else:
@@ -1099,6 +1113,13 @@ class ClientConnection(asyncio.Protocol):
             self.response_until_close = True
             self.upstream_keepalive = False
             self.close_after = True
+        if not self.request_done:
+            # The registry answered before the body ended: the rest of the body is
+            # read and discarded (`_body_data`), and the upstream connection, which
+            # missed it, is closed after the response.
+            self.upstream_keepalive = False
+            if self._client_paused:
+                self.resume_client_reads()
         if self.close_after or not self.request_done:
             self.close_after = True
             lines.append(b"Connection: close\r\n")
@@ -1286,7 +1307,10 @@ class ClientConnection(asyncio.Protocol):
                 upstream.client = None
                 upstream.transport.close()
         self._finish(self.response_status)
-        if self.close_after or not self.request_done:
+        if not self.request_done:
+            self._linger()
+            return
+        if self.close_after:
             self.closing = True
             self.state = CLOSED
             self.transport.close()
@@ -1299,6 +1323,49 @@ class ClientConnection(asyncio.Protocol):
             self.resume_client_reads()
         if self.buffer:
             self._next_request()
+
+    def _linger(self) -> None:
+        """Discard the rest of the request body, then close (RFC 9112 section 9.6).
+
+        Body bytes that reach a closed socket make the kernel send a reset, and
+        the reset can erase the response before the client reads it. So the
+        connection stays open until the body ends by its framing, the client
+        closes, or LINGERING_TIME or LINGERING_BYTES runs out (`sweep` checks the time).
+
+        There is no half-close first, because the TLS transports of asyncio and
+        uvloop (0.23) have no write_eof(). Their close() sends close_notify and
+        reads on until the client's, but asyncio's (Python 3.11) aborts the
+        connection when unwrap() fails on body bytes that arrive meanwhile. So
+        close() waits for the body's end.
+        """
+        self.state = LINGER
+        self.closing = True
+        self.buffer = bytearray()
+        self._linger_started = self.fast.loop.time()
+        self._linger_left = LINGERING_BYTES
+        if self._client_paused:
+            self.resume_client_reads()
+
+    def _linger_data(self, data: bytes) -> None:
+        scanner = self.scanner
+        if scanner is not None:
+            used = scanner.feed(data)
+            ended = used < 0 or scanner.done
+        else:
+            used = min(self.body_left, len(data))
+            self.body_left -= used
+            ended = self.body_left == 0
+        self._linger_left -= len(data)
+        if ended:
+            self.state = CLOSED
+            self.transport.close()
+        elif self._linger_left <= 0:
+            log.debug(
+                "Client %s sent over %d bytes after the response; cut the connection (request id %s)",
+                self.peer, LINGERING_BYTES, self.request_id,
+            )
+            self.state = CLOSED
+            self.abort()
 
     def _finish(self, code: int) -> None:
         if self.counted or self.request is None:
@@ -1360,6 +1427,15 @@ class ClientConnection(asyncio.Protocol):
                     registry_error(408, "UNSUPPORTED", "the request body stalled past the idle timeout"),
                     close=True,
                 )
+        elif state == LINGER:
+            if now - self._linger_started >= LINGERING_TIME:
+                log.debug(
+                    "Client %s was still sending its request body %g s after the response; "
+                    "cut the connection (request id %s)",
+                    self.peer, LINGERING_TIME, self.request_id,
+                )
+                self.state = CLOSED
+                self.abort()
         elif state == RESPONSE:
             if self._client_write_paused:
                 if quiet >= config.client_idle_timeout:

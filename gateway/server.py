@@ -26,7 +26,7 @@ from aiohttp import web
 
 from gateway.config import Config, Listener, format_host_port
 from gateway.errors import CertificateError, ConfigError
-from gateway.fastpath import FastPath
+from gateway.fastpath import LINGERING_TIME, FastPath
 from gateway.logs import RateLimitedLog
 from gateway.protocol import GatewayServer
 from gateway.status import TrustInfo
@@ -48,7 +48,6 @@ HANDSHAKE_TIMEOUT = 10.0
 PLAIN_HEAD_LIMIT = 16 * 1024
 BACKLOG = 1024
 KEEPALIVE_TIMEOUT = 75.0
-LINGERING_TIME = 2.0
 # asyncio's SSLProtocol allocates (and zero-fills) a read buffer of this size for
 # every TLS connection; its default of 256 KiB made each idle keep-alive
 # connection cost about 290 KiB of RSS. A TLS record holds at most 16 KiB, so
