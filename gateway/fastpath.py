@@ -7,14 +7,15 @@ plain: GET and HEAD of manifests and blobs, and uploads with a Content-Length or
 a chunked body. This module serves those on each TLS connection with one
 asyncio protocol per side:
 
-- The request head is parsed here, strictly. A head this parser does not fully
-  vouch for (HTTP/1.0, `Expect`, `Upgrade`, both or several framing fields, a
-  field with control bytes, an oversized head, a `/_gateway/` path, a request
-  that needs a password check or a client certificate that is not cached) is
-  never served here: the connection is handed, with every byte still
-  unread, to aiohttp's handler (`gateway.protocol`), which serves it and the
-  rest of that connection as before. The hand-over happens only between
-  requests, so no byte is ever lost or seen twice.
+- The request head is parsed here, strictly. Some heads are never served
+  here: HTTP/1.0, an `Expect` other than 100-continue, `Upgrade`, both or
+  several framing fields, a field with control bytes, an oversized head, a
+  `/_gateway/` path, a request without a client certificate where one is
+  required. Their connection is handed, with every byte still unread, to
+  aiohttp's handler (`gateway.protocol`), which serves it and the rest of that
+  connection as before. The hand-over happens only between requests, so no
+  byte is ever lost or read twice. Passwords (`[auth]`) are checked here, with
+  bcrypt in a thread and then the cache.
 - Bodies are forwarded as they arrive, in both directions, with each side's
   framing checked on the way through: a Content-Length is counted down, and a
   chunked body is scanned chunk by chunk (`ChunkScanner`) and relayed as sent,

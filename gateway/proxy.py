@@ -218,7 +218,7 @@ class Proxy:
         return self._registry_base + raw_path
 
     def _upstream_headers(self, request: web.BaseRequest, authority: str, peer: str | None) -> CIMultiDict:
-        # The gateway answers Expect: 100-continue itself (see _forward).
+        # The gateway sends the 100 Continue itself (see _forward).
         dropped = HOP_BY_HOP | connection_tokens(request.headers) | {"expect"}
         if self.auth is not None:
             # The credentials are the gateway's own, so they are not sent to the registry.
@@ -350,8 +350,8 @@ class Proxy:
         body = None
         if request.body_exists:
             if expect is not None:
-                # Answered here, as nginx does: the client sends its body at once, and
-                # the registry gets no Expect, so nothing waits for a second interim reply.
+                # Sent here, as nginx does: the client sends its body at once, and the
+                # registry gets no Expect, so nothing waits for a second interim response.
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             widen_tls_reads(request)
             chunked = "chunked" in request.headers.get(hdrs.TRANSFER_ENCODING, "").lower()
