@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import random
 import re
 import time
 from collections import deque
@@ -57,13 +56,15 @@ from gateway.proxy import (
     API_VERSION_HEADER,
     FORWARDING,
     HOP_BY_HOP,
-    UPLOAD_TLS_READ,
     ACCESS,
+    access_line,
     loggable_path,
+    new_request_id,
     redacted_headers,
     registry_error,
     unauthorized,
     upstream_log,
+    widen_tls_reads,
 )
 from gateway.rewrite import MalformedURL
 
@@ -505,6 +506,12 @@ class FastPath:
                 pool.close()
 
 
+def _public_port(authority: str) -> bytes:
+    """Return the port of a `host[:port]` authority, or 443 when it names none."""
+    port = authority.rpartition(":")[2] if not authority.endswith("]") else ""
+    return (port if port.isdigit() else "443").encode()
+
+
 def _http_date() -> bytes:
     return email.utils.formatdate(usegmt=True).encode()
 
@@ -740,12 +747,11 @@ class ClientConnection(asyncio.Protocol):
         # close that `_linger` gives a relayed early response.
         self.request = head
         self.started = time.monotonic()
-        self.request_id = "%016x" % random.getrandbits(64)
+        self.request_id = new_request_id()
         self.bytes_in = 0
         self.response_started = False
         self.counted = False
-        self.fast.proxy.in_flight += 1
-        self.fast.proxy._idle.clear()
+        self.fast.proxy.request_started()
         has_body = head.chunked or head.length > 0
         self._send_own(response, close=has_body or head.close or self.close_after)
         if self.state != CLOSED:
@@ -781,7 +787,7 @@ class ClientConnection(asyncio.Protocol):
         self.pool = pool
         self.requests += 1
         self.started = time.monotonic()
-        self.request_id = "%016x" % random.getrandbits(64)
+        self.request_id = new_request_id()
         self.bytes_in = 0
         self.bytes_out = 0
         self.request_done = False
@@ -796,8 +802,7 @@ class ClientConnection(asyncio.Protocol):
         self.response_until_close = False
         self.upstream_keepalive = True
         self._head_out = b""
-        proxy.in_flight += 1
-        proxy._idle.clear()
+        proxy.request_started()
 
         authority = fast.authority(head.host, self.port)
         self.origin = "https://" + authority
@@ -836,7 +841,7 @@ class ClientConnection(asyncio.Protocol):
 
         has_body = head.chunked or head.length > 0
         if has_body:
-            self._widen_tls_reads()
+            widen_tls_reads(self.transport)
             if head.expect_continue and not self.buffer:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.pending = [self.sent_head]
@@ -855,10 +860,9 @@ class ClientConnection(asyncio.Protocol):
         self._acquire()
 
     def _own_forwarding(self, authority: str) -> bytes:
-        public_port = authority.rpartition(":")[2] if not authority.endswith("]") else ""
         return b"".join((
             b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: ", authority.encode(),
-            b"\r\nX-Forwarded-Port: ", (public_port if public_port.isdigit() else "443").encode(),
+            b"\r\nX-Forwarded-Port: ", _public_port(authority),
             b"\r\nX-Forwarded-For: ", self.peer.encode(), b"\r\n",
         ))
 
@@ -869,18 +873,12 @@ class ClientConnection(asyncio.Protocol):
         if b"x-forwarded-proto" not in seen:
             lines.append(b"X-Forwarded-Proto: https\r\n")
         if b"x-forwarded-host" not in seen:
-            public_port = authority.rpartition(":")[2] if not authority.endswith("]") else ""
             lines += (b"X-Forwarded-Host: ", authority.encode(), b"\r\n")
-            lines += (b"X-Forwarded-Port: ", (public_port if public_port.isdigit() else "443").encode(), b"\r\n")
+            lines += (b"X-Forwarded-Port: ", _public_port(authority), b"\r\n")
         values = [value for lowered, _, value in head.forwarding if lowered == b"x-forwarded-for"]
         peer = self.peer.encode()
         lines += (b"X-Forwarded-For: ", b", ".join(values) + b", " + peer if values else peer, b"\r\n")
         return b"".join(lines)
-
-    def _widen_tls_reads(self) -> None:
-        ssl_protocol = getattr(self.transport, "_ssl_protocol", None)
-        if ssl_protocol is not None and getattr(ssl_protocol, "max_size", UPLOAD_TLS_READ) < UPLOAD_TLS_READ:
-            ssl_protocol.max_size = UPLOAD_TLS_READ
 
     def _acquire(self) -> None:
         connection = self.pool.take()
@@ -906,10 +904,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _replay_on_aiohttp(self) -> None:
         """Hand over a request that has sent nothing upstream yet, with its bytes as received."""
-        proxy = self.fast.proxy
-        proxy.in_flight -= 1
-        if proxy.in_flight == 0:
-            proxy._idle.set()
+        self.fast.proxy.request_finished()
         self.counted = True
         self.request = None
         raw = self._original_bytes()
@@ -1373,22 +1368,13 @@ class ClientConnection(asyncio.Protocol):
             return
         self.counted = True
         proxy = self.fast.proxy
-        proxy.in_flight -= 1
-        if proxy.in_flight == 0:
-            proxy._idle.set()
+        proxy.request_finished()
         head = self.request
         if ACCESS.enabled():
             ACCESS.write(
-                '%s "%s %s" %d in=%d out=%d %.3fs id=%s'
-                % (
-                    self.peer,
-                    head.method.decode(),
-                    loggable_path(head.target.decode("latin-1")),
-                    code,
-                    self.bytes_in,
-                    self.bytes_out,
-                    time.monotonic() - self.started,
-                    self.request_id,
+                access_line(
+                    self.peer, head.method.decode(), head.target.decode("latin-1"), code,
+                    self.bytes_in, self.bytes_out, time.monotonic() - self.started, self.request_id,
                 )
             )
         metrics = proxy.metrics

@@ -107,6 +107,18 @@ def redacted_headers(headers) -> str:
     )
 
 
+def new_request_id() -> str:
+    """Return 16 random hex digits that tie a request's log lines together."""
+    return "%016x" % random.getrandbits(64)
+
+
+def access_line(peer, method, raw_path, status, bytes_in, bytes_out, seconds, request_id) -> str:
+    """Format one access-log line, the same on both request paths."""
+    return '%s "%s %s" %d in=%d out=%d %.3fs id=%s' % (
+        peer, method, loggable_path(raw_path), status, bytes_in, bytes_out, seconds, request_id,
+    )
+
+
 def loggable_path(raw_path: str) -> str:
     """Return the path with secret-looking query values replaced by `***`."""
     path, sep, query = raw_path.partition("?")
@@ -264,20 +276,27 @@ class Proxy:
             headers[API_VERSION_HEADER] = API_VERSION
         return headers
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        started = time.monotonic()
-        request_id = "%016x" % random.getrandbits(64)
+    def request_started(self) -> None:
+        """Count a request as in flight, for `wait_idle`; both request paths call it."""
         self.in_flight += 1
         self._idle.clear()
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.monotonic()
+        request_id = new_request_id()
+        self.request_started()
         counters = {"in": 0, "out": 0}
         response: web.StreamResponse | None = None
         try:
             response = await self._forward(request, request_id, counters)
             return response
         finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self._idle.set()
+            self.request_finished()
             if (
                 isinstance(response, web.Response)
                 and not counters["out"]
@@ -297,16 +316,9 @@ class Proxy:
             return
         status = response.status if response is not None else 499
         ACCESS.write(
-            '%s "%s %s" %d in=%d out=%d %.3fs id=%s'
-            % (
-                request.remote or "-",
-                request.method,
-                loggable_path(request.raw_path),
-                status,
-                counters["in"],
-                counters["out"],
-                time.monotonic() - started,
-                request_id,
+            access_line(
+                request.remote or "-", request.method, request.raw_path, status,
+                counters["in"], counters["out"], time.monotonic() - started, request_id,
             )
         )
 
@@ -353,7 +365,7 @@ class Proxy:
                 # Sent here, as nginx does: the client sends its body at once, and the
                 # registry gets no Expect, so nothing waits for a second interim response.
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            widen_tls_reads(request)
+            widen_tls_reads(request.transport)
             chunked = "chunked" in request.headers.get(hdrs.TRANSFER_ENCODING, "").lower()
             body = RequestBody(request.content, counters, self.config.client_idle_timeout, chunked)
             # Wait for the first body bytes before opening the upstream request, so
@@ -544,11 +556,11 @@ def upstream_error_text(exc: BaseException) -> str:
 UPLOAD_TLS_READ = 256 * 1024
 
 
-def widen_tls_reads(request: web.BaseRequest) -> None:
+def widen_tls_reads(transport) -> None:
     """Let this connection read 256 KiB of TLS data at a time, for an upload."""
     # NOTE: _ssl_protocol is a private attribute of asyncio's SSL transport
     # (CPython 3.11-3.13); without it the upload only reads in smaller steps.
-    ssl_protocol = getattr(request.transport, "_ssl_protocol", None)
+    ssl_protocol = getattr(transport, "_ssl_protocol", None)
     if ssl_protocol is not None and getattr(ssl_protocol, "max_size", UPLOAD_TLS_READ) < UPLOAD_TLS_READ:
         ssl_protocol.max_size = UPLOAD_TLS_READ
 
