@@ -1,8 +1,8 @@
 """`python -m bench.ab`: two gateway variants, one small request, CPU per request, interleaved.
 
-The full benchmark varies by 10-20% per cell between repetitions when other
-work shares the machine; a lever worth a few percent needs more rounds of one
-cell. This starts one registry and two gateways in front of it, each a variant
+A cell of the full benchmark varies by 10-20% between repetitions when other
+work shares the machine, so a lever worth a few percent needs more rounds of
+one cell. This starts one registry and two gateways in front of it, each a variant
 given as a config file (`NAME=FILE.toml`) or a git revision (`NAME@REVISION`),
 and runs hey against each in turn (A B, then B A, ...), reading each gateway's
 CPU time from /proc. It prints the median and every round's value in ms of CPU

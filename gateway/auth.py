@@ -96,7 +96,7 @@ class BasicAuth:
         self._verified[fingerprint] = time.monotonic() + CACHE_SECONDS
 
     def cached_user(self, header: str | None) -> str | None:
-        """Return the user name when `header` holds credentials verified recently, else None.
+        """Return the user name when `header` contains credentials verified recently, else None.
 
         No bcrypt runs here, so the fast path can ask without leaving the event loop.
         """

@@ -19,7 +19,7 @@ asyncio protocol per side:
 - Bodies are forwarded as they arrive, in both directions, with each side's
   framing checked on the way through: a Content-Length is counted down, and a
   chunked body is scanned chunk by chunk (`ChunkScanner`) and relayed as sent,
-  so the registry sees exactly the message boundaries the gateway saw.
+  so the registry receives exactly the message boundaries the gateway read.
 - Flow control: when one side's send buffer fills, reading from the other
   side pauses, so memory stays flat for any blob size.
 - When the registry answers before the request body has ended, the rest of
@@ -81,7 +81,7 @@ REPLAYABLE = frozenset((b"GET", b"HEAD"))
 # Every header line: a token, a colon, then visible bytes, SP and HTAB only.
 _HEADER_LINES = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*\Z")
 # No "#": a fragment is not part of a request target (RFC 9112 section 3.2), and
-# aiohttp's path drops it before the upstream sees the path.
+# aiohttp's path drops it before the path reaches the upstream.
 _TARGET = re.compile(rb"/[\x21\x22\x24-\x7e]*\Z")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 _DIGITS = re.compile(rb"[0-9]{1,19}\Z")
@@ -132,7 +132,7 @@ class ChunkScanner:
 
     `feed()` returns how many bytes of the data belong to the body (the rest is
     the next message), or -1 when the framing is broken. Chunk extensions are
-    refused: no registry client sends them, and refusing them leaves one way to
+    rejected: no registry client sends them, and rejecting them leaves one way to
     read every accepted body. Trailer lines are checked and passed on.
     """
 
@@ -829,14 +829,14 @@ class ClientConnection(asyncio.Protocol):
         lines.append(b"\r\n")
         self.sent_head = b"".join(lines)
         if log.isEnabledFor(logging.DEBUG):
-            shown = CIMultiDict()
+            forwarded_headers = CIMultiDict()
             for line in self.sent_head.decode("latin-1").split("\r\n")[1:-2]:
                 name, _, value = line.partition(":")
-                shown.add(name, value.strip())
+                forwarded_headers.add(name, value.strip())
             log.debug(
                 "Forwarding %s %s to %s (request id %s, fast path) with headers %s",
                 head.method.decode(), loggable_path(head.target.decode("latin-1")), pool.url,
-                self.request_id, redacted_headers(shown),
+                self.request_id, redacted_headers(forwarded_headers),
             )
 
         has_body = head.chunked or head.length > 0
@@ -1078,8 +1078,8 @@ class ClientConnection(asyncio.Protocol):
                 out.append(line)
             # The other hop-by-hop fields end here, dropped.
         if chunked and length is not None:
-            # RFC 9112 section 6.3 says this may be smuggling and ought to be an
-            # error. aiohttp's client rejects it, so both paths respond with 502.
+            # RFC 9112 section 6.3 calls this a possible smuggling attempt, to be handled
+            # as an error. aiohttp's client rejects it, so both paths return 502.
             self._upstream_broken("sent both Content-Length and Transfer-Encoding")
             return False
         if connection_tokens:
@@ -1110,7 +1110,7 @@ class ClientConnection(asyncio.Protocol):
             self.upstream_keepalive = False
             self.close_after = True
         if not self.request_done:
-            # The registry answered before the body ended: the rest of the body is
+            # The registry responded before the body ended: the rest of the body is
             # read and discarded (`_body_data`), and the upstream connection, which
             # missed it, is closed after the response.
             self.upstream_keepalive = False
@@ -1203,7 +1203,7 @@ class ClientConnection(asyncio.Protocol):
             self.upstream_eof()
             return
         if not self.response_started or self._head_out:
-            what = "closed the connection before it sent a response"
+            reason = "closed the connection before it sent a response"
             reused = connection.used > 1
             if (
                 reused
@@ -1213,13 +1213,13 @@ class ClientConnection(asyncio.Protocol):
                 and self.request.method in REPLAYABLE
             ):
                 # A kept-alive connection the registry closed as this request went out,
-                # before any byte came back: a GET or HEAD is sent again on a new
-                # connection, as Go's http.Transport does for replayable requests.
+                # before any byte came back. A GET or HEAD changes nothing on the
+                # registry, so it is sent again on a new connection.
                 self.pending = [self.sent_head]
                 self.state = CONNECTING
                 self.fast.loop.create_task(self._connect())
                 return
-            self._fail_upstream(502, "unreachable", ConnectionResetError(what))
+            self._fail_upstream(502, "unreachable", ConnectionResetError(reason))
             return
         self._broke_off(str(exc) if exc else "connection closed")
 
@@ -1238,14 +1238,14 @@ class ClientConnection(asyncio.Protocol):
         self._finish(self.response_status)
         self.abort()
 
-    def _upstream_broken(self, what: str) -> None:
+    def _upstream_broken(self, problem: str) -> None:
         self.upstream_keepalive = False
         if not self.response_started or self._head_out:
             self._abandon_upstream()
-            self._fail_upstream(502, "broke off the response", ValueError(f"the registry {what}"))
+            self._fail_upstream(502, "broke off the response", ValueError(f"the registry {problem}"))
             return
         self._abandon_upstream()
-        self._broke_off(f"the registry {what}")
+        self._broke_off(f"the registry {problem}")
 
     def _malformed_url(self, exc: MalformedURL) -> None:
         log.warning(
@@ -1260,8 +1260,8 @@ class ClientConnection(asyncio.Protocol):
             close=True,
         )
 
-    def _fail_upstream(self, code: int, what: str, exc: BaseException) -> None:
-        response = self.fast.proxy._upstream_failure(code, what, self.upstream_url, self.request_id, exc)
+    def _fail_upstream(self, code: int, kind: str, exc: BaseException) -> None:
+        response = self.fast.proxy._upstream_failure(code, kind, self.upstream_url, self.request_id, exc)
         self._abandon_upstream()
         self._send_own(response, close=True)
 

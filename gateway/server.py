@@ -36,10 +36,10 @@ log = logging.getLogger("gateway.server")
 overload_log = RateLimitedLog(log)
 
 # aiohttp adds `Server: Python/3.x aiohttp/3.y` to each response it writes that
-# has no Server field, which tells a scanner both versions; the registry sends no
+# has no Server field, which gives a scanner both versions; the registry sends no
 # Server field at all. Responses that aiohttp writes (the gateway's own pages and
 # errors, and requests the fast path hands over) name only the product instead.
-# NOTE: a module global of aiohttp (3.9-3.14) that web_response reads per response.
+# NOTE: a module global of aiohttp (checked in 3.14) that web_response reads per response.
 aiohttp.web_response.SERVER_SOFTWARE = "registry-gateway"
 
 TLS_HANDSHAKE = 0x16
@@ -289,9 +289,9 @@ class Gateway:
         conn.close()
         reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         if self.config.client_ca is None:
-            # Scanners and clients that dropped a connection land here too, so
-            # at info and rate-limited; a browser that cannot use the
-            # certificate shows here as, e.g., NO_SUITABLE_SIGNATURE_ALGORITHM.
+            # Scanners and clients that dropped a connection land here too, so the
+            # line is at info and rate-limited. A browser that cannot use the
+            # certificate shows here, for example as NO_SUITABLE_SIGNATURE_ALGORITHM.
             overload_log.info("tls-failed", "TLS handshake from %s failed: %s", peer, reason)
             return
         # With mTLS on, a failed handshake is usually a client without a valid

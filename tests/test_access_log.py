@@ -36,7 +36,7 @@ def standard_handler(parent: logging.Logger, fmt: str = STANDARD) -> io.StringIO
     return stream
 
 
-def test_standard_setup_is_written_directly_in_one_batch(loggers):
+def test_standard_setup_batched(loggers):
     parent, child = loggers
     stream = standard_handler(parent)
     access = AccessLog(child)
@@ -50,14 +50,14 @@ def test_standard_setup_is_written_directly_in_one_batch(loggers):
         # Right after a write, the next line waits for the flush interval.
         access.write('127.0.0.1 "GET /v2/" 200 in=0 out=2 0.001s id=3')
         await asyncio.sleep(0)
-        held = stream.getvalue()
+        after_second_write = stream.getvalue()
         await asyncio.sleep(FLUSH_INTERVAL * 3)
-        return before, first_batch, held
+        return before, first_batch, after_second_write
 
-    before, first_batch, held = asyncio.run(three_lines())
+    before, first_batch, after_second_write = asyncio.run(three_lines())
     assert access._handler is not None, "the standard setup was not recognised"
     assert before == "", "lines were written one by one instead of in one batch"
-    assert held == first_batch, "a line right after a write did not wait for the interval"
+    assert after_second_write == first_batch, "a line right after a write did not wait for the interval"
     lines = stream.getvalue().splitlines()
     assert [LINE.fullmatch(line).group("message") for line in lines] == [
         '127.0.0.1 "GET /v2/" 200 in=0 out=2 0.001s id=1',
@@ -67,7 +67,7 @@ def test_standard_setup_is_written_directly_in_one_batch(loggers):
     assert len(first_batch.splitlines()) == 2
 
 
-def test_direct_text_equals_logging_text(loggers):
+def test_direct_text_matches_logging(loggers):
     parent, child = loggers
     stream = standard_handler(parent, "%(asctime)s %(levelname)s %(name)s (worker 2): %(message)s")
     access = AccessLog(child)

@@ -145,7 +145,7 @@ async def read_response(reader) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
-async def test_fast_path_checks_passwords_on_one_connection(upstream, local_ca, client_ssl, tmp_path):
+async def test_fast_path_password_checks(upstream, local_ca, client_ssl, tmp_path):
     """401, then a bcrypt check, then the cache: all on one connection that stays on the fast path."""
     config = Config(upstream=URL(upstream.url), names=["localhost"], htpasswd=write_htpasswd(tmp_path / "htpasswd"))
     async with running_gateway(config, local_ca) as gateway:
@@ -163,7 +163,8 @@ async def test_fast_path_checks_passwords_on_one_connection(upstream, local_ca, 
             assert (status, body) == (200, b"{}")
         writer.write(f"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nAuthorization: {basic(USER, 'wrong')}\r\n\r\n".encode())
         assert (await read_response(reader))[0] == 401
-        assert len(gateway.fast.connections) == 1 and not gateway._server.connections, "handed to aiohttp"
+        assert len(gateway.fast.connections) == 1, "the connection left the fast path"
+        assert not gateway._server.connections, "the connection was handed to aiohttp"
         writer.write(b"PATCH /v2/x/blobs/uploads/u HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello")
         status, headers, _ = await read_response(reader)
         assert (status, headers["connection"]) == (401, "close")
@@ -173,19 +174,20 @@ async def test_fast_path_checks_passwords_on_one_connection(upstream, local_ca, 
     assert all(not upstream.header("Authorization", i) for i in range(2))
 
 
-def test_missing_client_ca_names_the_key_and_fix(local_ca, tmp_path):
+def test_missing_client_ca_error(local_ca, tmp_path):
     from gateway.errors import CertificateError
     from gateway.server import make_ssl_context
 
     with pytest.raises(CertificateError) as raised:
         make_ssl_context(local_ca / certs.LEAF_CERT, local_ca / certs.LEAF_KEY, tmp_path / "nope.crt")
     message = str(raised.value)
-    assert "tls.client_ca" in message and "nope.crt" in message
+    assert "tls.client_ca" in message
+    assert "nope.crt" in message
     assert "No such file or directory" in message
     assert "leave client_ca empty" in message
 
 
-async def test_fast_path_head_401_has_no_body(upstream, local_ca, client_ssl, tmp_path):
+async def test_head_401_without_body(upstream, local_ca, client_ssl, tmp_path):
     """A HEAD without credentials gets the 401's fields and no body, so the next response is read right."""
     config = Config(upstream=URL(upstream.url), names=["localhost"], htpasswd=write_htpasswd(tmp_path / "htpasswd"))
     async with running_gateway(config, local_ca) as gateway:

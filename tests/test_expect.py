@@ -40,7 +40,7 @@ async def connect(gateway, client_ssl):
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "aiohttp"])
-async def test_upload_with_expect_gets_100_first(registry, local_ca, client_ssl, fast_path):
+async def test_expect_gets_100_first(registry, local_ca, client_ssl, fast_path):
     """The 100 comes before any body byte is sent, and the registry stores the blob whole."""
     blob = os.urandom(2 * 1024 * 1024 + 7)
     digest = "sha256:" + hashlib.sha256(blob).hexdigest()

@@ -962,13 +962,13 @@ async def test_open_connections_counted_once(local_ca, fast_path):
         async with running_gateway(gateway_config(upstream.url, fast_path), local_ca) as gateway:
             metrics = gateway.proxy.metrics = Metrics()
             port = gateway.bound[0].port
-            held = []
+            open_clients = []
             for _ in range(3):
                 reader, writer = await open_tls(port, local_ca)
                 writer.write(b"GET /v2/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 assert (await read_response(reader))[0] == 200
-                held.append((reader, writer))
-            reader, writer = held[0]
+                open_clients.append((reader, writer))
+            reader, writer = open_clients[0]
             writer.write(b"GET /v2/b HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n")
             assert (await read_response(reader))[0] == 200
             await asyncio.sleep(0.1)
@@ -977,7 +977,7 @@ async def test_open_connections_counted_once(local_ca, fast_path):
             counted = metrics.requests.labels("GET", "200")._value.get()
             assert counted == 4
             assert metrics.bytes_out._value.get() == 12
-            for _, writer in held:
+            for _, writer in open_clients:
                 writer.close()
             await settle(lambda: gateway.open_connections == 0)
     finally:
@@ -992,17 +992,17 @@ async def test_max_connections_with_busy_connections(local_ca, fast_path):
         config = gateway_config(upstream.url, fast_path, max_connections=2)
         async with running_gateway(config, local_ca) as gateway:
             port = gateway.bound[0].port
-            held = []
+            open_clients = []
             for _ in range(2):
                 reader, writer = await open_tls(port, local_ca)
                 writer.write(b"GET /v2/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 assert (await read_response(reader))[0] == 200
-                held.append((reader, writer))
+                open_clients.append((reader, writer))
             raw = await exchange_until_close(port, local_ca, b"GET /v2/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            reader, writer = held[1]
+            reader, writer = open_clients[1]
             writer.write(b"GET /v2/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
             again = await read_response(reader)
-            for _, writer in held:
+            for _, writer in open_clients:
                 writer.close()
     finally:
         await upstream.stop()

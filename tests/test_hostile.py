@@ -197,7 +197,7 @@ async def test_encoded_path_segments_not_decoded(registry, local_ca, client_ssl)
                 assert (response.status, await response.read()) == expected, path
 
 
-async def test_failed_handshake_logged_with_peer_and_reason(upstream, local_ca, caplog):
+async def test_failed_handshake_logged(upstream, local_ca, caplog):
     """A client the TLS settings refuse (only a non-forward-secret suite) shows in the log with why."""
     config = Config(upstream=URL(upstream.url), names=["localhost"])
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

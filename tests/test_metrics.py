@@ -160,7 +160,7 @@ def test_metrics_count_upstream_errors(local_ca, client_ssl, tmp_path):
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "aiohttp"])
-async def test_own_response_bytes_counted_at_any_log_level(local_ca, client, fast_path, caplog):
+async def test_own_response_bytes_counted(local_ca, client, fast_path, caplog):
     """The gateway's own bodies count at log level warning too, and a HEAD's count is 0."""
     import logging
 
